@@ -1,0 +1,73 @@
+"""Per-node checks on every host of the Molecule cluster."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import HEAD, USER, base_dir
+
+testinfra_hosts = ["podman://mol-head", "podman://mol-worker1", "podman://mol-worker2"]
+
+NODE_PORTS = [8076, 8077, 8078, 52365, 8080, 8079]
+HEAD_PORTS = [6379, 8265, 10001]
+
+
+def name_of(host) -> str:  # type: ignore[no-untyped-def]
+    return host.backend.hostname
+
+
+def unit_of(host) -> str:  # type: ignore[no-untyped-def]
+    return "bittrader-ray-head" if name_of(host) == HEAD else "bittrader-ray-worker"
+
+
+def test_service_enabled_and_running(host) -> None:  # type: ignore[no-untyped-def]
+    service = host.service(unit_of(host))
+    assert service.is_enabled
+    assert service.is_running
+    unit = host.file(f"/etc/systemd/system/{unit_of(host)}.service").content_string
+    assert "Restart=always" in unit
+    assert "StartLimitIntervalSec=0" in unit
+    assert f"User={USER}" in unit
+
+
+def test_ray_runs_as_the_service_user_never_root(host) -> None:  # type: ignore[no-untyped-def]
+    procs = host.run("ps -eo user:32,args --no-headers").stdout.splitlines()
+    ray = [p for p in procs if "raylet" in p or "gcs_server" in p or "bittrader-node" in p]
+    assert ray, "no Ray process"
+    assert all(p.split()[0] == USER for p in ray), ray
+
+
+def test_pinned_ports_listen(host) -> None:  # type: ignore[no-untyped-def]
+    ports = NODE_PORTS + (HEAD_PORTS if name_of(host) == HEAD else [])
+    listening = host.run("ss -Hltn").stdout
+    for port in ports:
+        assert f":{port} " in listening, f"port {port} not listening on {name_of(host)}"
+
+
+def test_token_is_private_and_never_logged(host) -> None:  # type: ignore[no-untyped-def]
+    token_file = host.file(f"{base_dir(name_of(host))}/auth_token")
+    assert token_file.exists
+    assert token_file.user == USER
+    assert token_file.mode == 0o600
+    token = token_file.content_string.strip()
+    assert len(token) == 64
+    logs = host.run(f"grep -rlF {token} {base_dir(name_of(host))}/logs /tmp/ray || true").stdout.strip()
+    assert logs == "", f"token found in {logs}"
+    journal = host.run(f"journalctl --no-pager -o cat | grep -cF {token} || true").stdout.strip()
+    assert journal == "0"
+
+
+def test_log_files_written(host) -> None:  # type: ignore[no-untyped-def]
+    role = "head" if name_of(host) == HEAD else "worker"
+    log = host.file(f"{base_dir(name_of(host))}/logs/{role}.log")
+    assert log.exists and log.size > 0
+    assert log.user == USER
+    assert "ray start" in log.content_string or "bittrader-node" in log.content_string
+
+
+@pytest.mark.parametrize("pkg", ["ray", "psutil", "numpy"])
+def test_venv_has_pinned_packages(host, pkg: str) -> None:  # type: ignore[no-untyped-def]
+    py = f"{base_dir(name_of(host))}/venv/bin/python"
+    res = host.run(f"{py} -c 'import importlib.metadata as m; print(m.version(\"{pkg}\"))'")
+    assert res.rc == 0
+    if pkg == "ray":
+        assert res.stdout.strip() == "2.60.0"

@@ -1,0 +1,251 @@
+"""Bittrader node supervisor: runs one Ray node (head or worker) for a service manager.
+
+    bittrader-node run --config node.json [--loop]
+    bittrader-node status --config node.json
+
+`run` stops stale Ray processes of this user (`ray stop --force`), starts `ray start --block` with the
+flags in node.json, copies Ray's output to the node's log files (rotated) and to its own stdout/stderr
+(journald under systemd), and exits when Ray exits. The service manager (systemd Restart=always,
+launchd KeepAlive) starts it again; `--loop` restarts in-process for managers without that (Windows
+scheduled tasks). Quick successive failures back off from restart_delay_s to restart_max_delay_s.
+
+The CPU count given to Ray is read at each start from num_cpus_file when present (written by the
+throttling daemon), else from node.json. The auth token is read by Ray from RAY_AUTH_TOKEN_PATH and
+never passes through this program's arguments or logs. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+QUICK_FAILURE_S = 60.0
+EX_CONFIG = 78
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as handle:
+        config: dict[str, Any] = json.load(handle)
+    missing = [k for k in ("ray", "start_args", "env", "log_file", "error_log_file", "state_file") if k not in config]
+    if missing:
+        raise ValueError(f"{path}: missing keys {', '.join(missing)}")
+    return config
+
+
+def desired_num_cpus(config: dict[str, Any]) -> int | None:
+    """The CPU count for this start: the throttle's file when valid, else node.json's value."""
+    path = config.get("num_cpus_file")
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError:
+            text = ""
+        if text.isdigit():
+            return int(text)
+    value = config.get("num_cpus")
+    return None if value is None else int(value)
+
+
+def start_command(config: dict[str, Any]) -> list[str]:
+    args = [str(config["ray"]), *[str(a) for a in config["start_args"]]]
+    cpus = desired_num_cpus(config)
+    if cpus is not None:
+        args.append(f"--num-cpus={cpus}")
+    return args
+
+
+def backoff_delay(state: dict[str, Any], base: float, cap: float) -> float:
+    """Seconds to wait before this start, from the record of quick failures before it."""
+    failures = int(state.get("quick_failures", 0))
+    if failures <= 0:
+        return 0.0
+    return float(min(cap, base * (2 ** (failures - 1))))
+
+
+def record_exit(state: dict[str, Any], started: float, ended: float, code: int) -> dict[str, Any]:
+    quick = ended - started < QUICK_FAILURE_S and code != 0
+    return {
+        "quick_failures": int(state.get("quick_failures", 0)) + 1 if quick else 0,
+        "last_exit_code": code,
+        "last_started": started,
+        "last_exited": ended,
+        "starts": int(state.get("starts", 0)) + 1,
+    }
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    try:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        print(f"bittrader-node: cannot write {path}: {exc}", file=sys.stderr, flush=True)
+
+
+def file_logger(name: str, path: str, max_bytes: int, backups: int) -> logging.Logger | None:
+    """A size-rotated file logger, or None (with a clear message) when the file cannot be written."""
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups)
+    except OSError as exc:
+        print(
+            f"bittrader-node: ERROR: cannot write the log file {path}: {exc}. "
+            "Ray keeps running; its output goes to the service manager's log only.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    return logger
+
+
+def pump(stream: TextIO, echo: TextIO, logger: logging.Logger | None) -> None:
+    """Copy a child's output line by line to our own stream and to the log file."""
+    for line in stream:
+        text = line.rstrip("\n")
+        echo.write(text + "\n")
+        echo.flush()
+        if logger is not None:
+            try:
+                logger.info(text)
+            except Exception:  # noqa: BLE001 - a full disk must not stop Ray
+                pass
+
+
+def ray_env(config: dict[str, Any]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in config["env"].items()})
+    # Job entrypoints (`ray job submit -- python ...`) and Ray's workers find the venv's Python first.
+    bin_dir = str(Path(str(config["ray"])).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
+    return env
+
+
+def stop_stale(config: dict[str, Any], env: dict[str, str], log: logging.Logger | None) -> None:
+    """`ray stop --force`: agents and monitors of a dead raylet may linger and hold the ports."""
+    try:
+        done = subprocess.run(  # noqa: S603
+            [str(config["ray"]), "stop", "--force"], env=env, capture_output=True, text=True, timeout=120
+        )
+        message = f"ray stop --force: exit {done.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        message = f"ray stop --force failed: {exc}"
+    print(f"bittrader-node: {message}", flush=True)
+    if log is not None:
+        log.info("bittrader-node: %s", message)
+
+
+def run_once(config: dict[str, Any]) -> int:
+    """One supervised life of Ray: returns Ray's exit code (0 after a requested stop)."""
+    state_path = Path(config["state_file"])
+    state = read_state(state_path)
+    delay = backoff_delay(state, float(config.get("restart_delay_s", 5)), float(config.get("restart_max_delay_s", 60)))
+    max_bytes = int(config.get("log_max_bytes", 10 * 1024 * 1024))
+    backups = int(config.get("log_backups", 5))
+    out_log = file_logger("bittrader.out", config["log_file"], max_bytes, backups)
+    err_log = file_logger("bittrader.err", config["error_log_file"], max_bytes, backups)
+    if delay:
+        print(f"bittrader-node: {state.get('quick_failures')} quick failures; waiting {delay:.0f} s", flush=True)
+        time.sleep(delay)
+    env = ray_env(config)
+    token_path = env.get("RAY_AUTH_TOKEN_PATH", "")
+    if env.get("RAY_AUTH_MODE") == "token" and (not token_path or not os.access(token_path, os.R_OK)):
+        message = f"bittrader-node: ERROR: the cluster's auth token {token_path!r} is missing or unreadable"
+        print(message, file=sys.stderr, flush=True)
+        if err_log is not None:
+            err_log.info(message)
+        write_state(state_path, record_exit(state, time.time(), time.time(), EX_CONFIG))
+        return EX_CONFIG
+    stop_stale(config, env, out_log)
+    command = start_command(config)
+    print("bittrader-node: " + " ".join(command), flush=True)
+    if out_log is not None:
+        out_log.info("bittrader-node: %s", " ".join(command))
+    started = time.time()
+    child = subprocess.Popen(  # noqa: S603
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    stopping = threading.Event()
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.set()
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    assert child.stdout is not None and child.stderr is not None
+    threads = [
+        threading.Thread(target=pump, args=(child.stdout, sys.stdout, out_log), daemon=True),
+        threading.Thread(target=pump, args=(child.stderr, sys.stderr, err_log), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    code = child.wait()
+    for thread in threads:
+        thread.join(timeout=5)
+    ended = time.time()
+    message = f"bittrader-node: ray exited with code {code} after {ended - started:.0f} s"
+    print(message, flush=True)
+    if out_log is not None:
+        out_log.info(message)
+    stop_stale(config, env, out_log)
+    if stopping.is_set():
+        write_state(state_path, record_exit(state, started, ended, 0))
+        return 0
+    write_state(state_path, record_exit(state, started, ended, code))
+    return code if code != 0 else 1  # Ray with --block never exits 0 by itself: restart it.
+
+
+def status(config: dict[str, Any]) -> int:
+    state = read_state(Path(config["state_file"]))
+    print(json.dumps({"node": config.get("node"), "role": config.get("role"), **state}, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bittrader-node", description=__doc__.split("\n\n")[0])
+    parser.add_argument("verb", choices=["run", "status"])
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--loop", action="store_true", help="restart Ray in-process after it exits")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except (OSError, ValueError) as exc:
+        print(f"bittrader-node: ERROR: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.verb == "status":
+        return status(config)
+    while True:
+        code = run_once(config)
+        if not args.loop or code == 0:
+            return code
+        time.sleep(float(config.get("restart_delay_s", 5)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
