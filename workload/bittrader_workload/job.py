@@ -473,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall_s = time.perf_counter() - wall_t0
         else:
             if not ray.is_initialized():
-                runtime_env = None if args.no_ship_code else {"py_modules": [bittrader_workload]}
+                runtime_env = None if args.no_ship_code else {"py_modules": [os.path.dirname(bittrader_workload.__file__)]}
                 ray.init(address=args.address, runtime_env=runtime_env, logging_level=logging.WARNING)
                 owns_ray = True
             cpus, alive = cluster_resources()
