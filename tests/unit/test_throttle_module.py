@@ -1,0 +1,254 @@
+"""The ray_throttle_daemon Ansible module: run in-process the way ansible-core tests its modules
+(patched module args, SystemExit from exit_json/fail_json), and once for real through AnsiballZ."""
+
+from __future__ import annotations
+
+import getpass
+import importlib
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import ansible.module_utils
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO / "module_utils") not in list(ansible.module_utils.__path__):
+    ansible.module_utils.__path__.append(str(REPO / "module_utils"))
+bt = importlib.import_module("ansible.module_utils.bittrader_throttle")
+
+_spec = importlib.util.spec_from_file_location("ray_throttle_daemon", REPO / "library" / "ray_throttle_daemon.py")
+assert _spec is not None and _spec.loader is not None
+mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mod)
+
+SOURCE = (REPO / "module_utils" / "bittrader_throttle.py").read_bytes()
+
+
+def run_module(capsys, args: dict, check_mode: bool = False, diff: bool = False) -> dict:
+    args = dict(args)
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    if diff:
+        args["_ansible_diff"] = True
+    with patch_module_args(args), pytest.raises(SystemExit) as raised:
+        mod.main()
+    out = capsys.readouterr().out
+    result = json.loads(out)
+    result["_rc"] = raised.value.code
+    return result
+
+
+@pytest.fixture
+def node(tmp_path):
+    venv = tmp_path / "node" / "venv"
+    (venv / "bin").mkdir(parents=True)
+    return tmp_path / "node"
+
+
+def args_for(node: Path, **extra) -> dict:
+    args = {
+        "venv": str(node / "venv"),
+        "user": getpass.getuser(),
+        "platform": "linux",
+        "policy": {"cpus_active": 2, "cpus_idle": 8, "battery_policy": "pause", "load_guard": 60},
+        "ray": {
+            "head_address": "100.64.0.1:6379",
+            "node_ip": "100.64.0.2",
+            "token_path": str(node / "auth_token"),
+            "unit": "bittrader-ray-worker.service",
+        },
+    }
+    args.update(extra)
+    return args
+
+
+def test_first_install_then_unchanged(capsys, node):
+    first = run_module(capsys, args_for(node), diff=True)
+    assert first["_rc"] == 0 and first["changed"] is True
+    script = node / "venv" / "bin" / "bittrader-throttle"
+    config = node / "throttle.json"
+    assert first["script_path"] == str(script) and first["config_path"] == str(config)
+    assert script.read_bytes() == f"#!{node / 'venv' / 'bin' / 'python'}\n".encode() + SOURCE
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    written = json.loads(config.read_text())
+    assert written["policy"] == {
+        "battery_policy": "pause",
+        "cpus_active": 2,
+        "cpus_idle": 8,
+        "load_guard": 60.0,
+    }
+    assert written["paths"] == {
+        "log_file": str(node / "logs" / "throttle.log"),
+        "num_cpus_file": str(node / "run" / "num_cpus"),
+        "status_file": str(node / "run" / "throttle_status.json"),
+    }
+    assert config.read_text() == bt.render_config(written)
+    assert bt.load_config(str(config)).ray.venv == str(node / "venv")
+    assert first["command"] == [
+        str(node / "venv" / "bin" / "python"),
+        str(script),
+        "--config",
+        str(config),
+    ]
+    assert "NOPASSWD: BITTRADER_THROTTLE_" in first["sudoers"]
+    config_diff = first["diff"][0]
+    assert config_diff["before"] == "" and config_diff["after"] == config.read_text()
+    assert first["diff"][1]["before"] == "absent\n"
+
+    second = run_module(capsys, args_for(node), diff=True)
+    assert second["changed"] is False
+    assert second["diff"] == []
+
+
+def test_mode_change_alone_is_a_change(capsys, node):
+    run_module(capsys, args_for(node))
+    script = node / "venv" / "bin" / "bittrader-throttle"
+    script.chmod(0o644)
+    again = run_module(capsys, args_for(node))
+    assert again["changed"] is True
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+
+
+def test_policy_change_shows_a_diff(capsys, node):
+    run_module(capsys, args_for(node))
+    args = args_for(node)
+    args["policy"] = {**args["policy"], "cpus_active": 1}
+    result = run_module(capsys, args, diff=True)
+    assert result["changed"] is True
+    assert len(result["diff"]) == 1
+    assert '"cpus_active": 2' in result["diff"][0]["before"] and '"cpus_active": 1' in result["diff"][0]["after"]
+
+
+def test_check_mode_changes_nothing(capsys, node):
+    result = run_module(capsys, args_for(node), check_mode=True, diff=True)
+    assert result["changed"] is True
+    assert not (node / "venv" / "bin" / "bittrader-throttle").exists()
+    assert not (node / "throttle.json").exists()
+    assert result["diff"][0]["after"]  # the configuration it would write
+    run_module(capsys, args_for(node))
+    args = args_for(node)
+    args["policy"] = {**args["policy"], "cpus_idle": 4}
+    before = (node / "throttle.json").read_text()
+    result = run_module(capsys, args, check_mode=True)
+    assert result["changed"] is True and (node / "throttle.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"cpus_active": 9, "cpus_idle": 4}, "policy.cpus_active (9) must not exceed policy.cpus_idle (4)"),
+        ({"battery_policy": "sometimes"}, "policy.battery_policy must be 'pause', 'ignore' or a whole number"),
+        ({"poll_interval_s": 30}, "policy.poll_interval_s must be a number of seconds in 0.1..5"),
+        ({"activity_source": "file"}, "policy.activity_file must be an absolute path"),
+    ],
+)
+def test_bad_policy_fails_before_writing(capsys, node, policy, message):
+    result = run_module(capsys, args_for(node, policy=policy))
+    assert result["_rc"] == 1 and result["failed"] is True
+    assert result["msg"].startswith("invalid throttle configuration: ")
+    assert message in result["msg"]
+    assert any(message in e for e in result["errors"])
+    assert not (node / "venv" / "bin" / "bittrader-throttle").exists()
+    assert not (node / "throttle.json").exists()
+
+
+def test_bad_type_is_refused_by_the_argument_spec(capsys, node):
+    result = run_module(capsys, args_for(node, policy={"cpus_active": "two"}))
+    assert result["failed"] is True and "cpus_active" in result["msg"]
+    assert not (node / "throttle.json").exists()
+
+
+def test_missing_ray_address_fails(capsys, node):
+    result = run_module(capsys, args_for(node, ray={"node_ip": "100.64.0.2"}))
+    assert "ray.head_address must be the head's HOST:PORT" in result["msg"]
+
+
+def test_battery_count_as_text_becomes_a_number(capsys, node):
+    run_module(capsys, args_for(node, policy={"battery_policy": "3", "cpus_idle": 8}))
+    assert json.loads((node / "throttle.json").read_text())["policy"]["battery_policy"] == 3
+
+
+def test_absent_removes_both(capsys, node):
+    run_module(capsys, args_for(node))
+    check = run_module(capsys, {**args_for(node), "state": "absent"}, check_mode=True)
+    assert check["changed"] is True and (node / "throttle.json").exists()
+    gone = run_module(capsys, {**args_for(node), "state": "absent"}, diff=True)
+    assert gone["changed"] is True
+    assert not (node / "venv" / "bin" / "bittrader-throttle").exists()
+    assert not (node / "throttle.json").exists()
+    assert gone["diff"][0]["after"] == ""
+    again = run_module(capsys, {**args_for(node), "state": "absent"})
+    assert again["changed"] is False
+
+
+def test_daemon_source_is_the_module_utils_file():
+    assert bt.daemon_source() == SOURCE
+
+
+def test_installed_script_runs(capsys, node):
+    args = args_for(node, policy={"cpus_active": 1, "cpus_idle": 2, "activity_source": "headless"})
+    run_module(capsys, args)
+    script = node / "venv" / "bin" / "bittrader-throttle"
+    done = subprocess.run(
+        [sys.executable, str(script), "--config", str(node / "throttle.json"), "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "is valid" in done.stdout
+
+
+def test_through_ansiballz(tmp_path):
+    """The real path: ansible builds the AnsiballZ payload (module + module_utils zip) and runs it; the
+    script it writes must be this repository's module_utils file, byte for byte."""
+    venv = tmp_path / "node" / "venv"
+    (venv / "bin").mkdir(parents=True)
+    args = json.dumps(
+        {
+            "venv": str(venv),
+            "policy": {"cpus_active": 1, "cpus_idle": 2},
+            "ray": {"head_address": "100.64.0.1:6379", "node_ip": "100.64.0.2"},
+        }
+    )
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-local"),
+        ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+        ANSIBLE_STDOUT_CALLBACK="json",
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_NOCOLOR="1",
+    )
+    ansible = Path(sys.executable).parent / "ansible"
+    done = subprocess.run(
+        [
+            str(ansible),
+            "localhost",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-m",
+            "ray_throttle_daemon",
+            "-a",
+            args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=str(REPO),
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    script = venv / "bin" / "bittrader-throttle"
+    assert script.read_bytes() == f"#!{venv / 'bin' / 'python'}\n".encode() + SOURCE
