@@ -71,7 +71,8 @@ for node in nodes:
         "task": seen.get(node.get("NodeID")),
     })
 ray.shutdown()
-print("BITTRADER_PROBE_JSON:" + json.dumps({"nodes": out, "driver_ray": ray.__version__, "driver_python": platform.python_version()}))
+summary = {"nodes": out, "driver_ray": ray.__version__, "driver_python": platform.python_version()}
+print("BITTRADER_PROBE_JSON:" + json.dumps(summary))
 '''
 
 
@@ -149,7 +150,9 @@ def evaluate(
         rows.append(row)
     for node in current:
         if str(node.get("ip")) not in expected_ips and node.get("alive"):
-            warnings.append(f"node {node.get('hostname')} ({node.get('ip')}) is in the cluster but not in the inventory")
+            warnings.append(
+                f"node {node.get('hostname')} ({node.get('ip')}) is in the cluster but not in the inventory"
+            )
     alive = [n for n in current if n.get("alive")]
     total_cpus = sum(float(n.get("cpus") or 0) for n in alive)
     if min_total_cpus is not None and total_cpus < float(min_total_cpus):

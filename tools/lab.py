@@ -69,12 +69,12 @@ def cache_dir() -> Path:
     return path
 
 
-def run(cmd: list[str], check: bool = True, capture: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], check: bool = True, capture: bool = False, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command, echoing it, with the lab's podman settings in the environment."""
     print("+ " + " ".join(cmd), flush=True)
-    return subprocess.run(  # noqa: S603 - commands are built from constants and arguments
-        cmd, check=check, text=True, capture_output=capture, env=lab_env(), **kw  # type: ignore[arg-type]
-    )
+    return subprocess.run(cmd, check=check, text=True, capture_output=capture, env=lab_env(), cwd=cwd)
 
 
 def containers_conf_text(nofile_hard: int) -> str:
@@ -156,9 +156,14 @@ def build_image(force: bool = False) -> None:
     run(["podman", "rmi", base], check=False)
 
 
+def ensure_network(name: str, subnet: str) -> None:
+    """Create a podman network with a fixed subnet (so nodes get fixed addresses) unless it exists."""
+    if run(["podman", "network", "exists", name], check=False).returncode != 0:
+        run(["podman", "network", "create", "--subnet", subnet, name])
+
+
 def up_containers(lab: Lab) -> None:
-    if run(["podman", "network", "exists", lab.network], check=False).returncode != 0:
-        run(["podman", "network", "create", "--subnet", lab.subnet, lab.network])
+    ensure_network(lab.network, lab.subnet)
     for host in lab.hosts:
         if run(["podman", "container", "exists", host.name], check=False).returncode == 0:
             run(["podman", "start", host.name])
@@ -221,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         playbook("playbooks/benchmark.yml", *args.extra)
     elif args.verb == "down":
         down(lab)
+
     print(f"lab {args.verb}: {time.monotonic() - started:.1f} s")
     return 0
 

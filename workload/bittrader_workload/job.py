@@ -473,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall_s = time.perf_counter() - wall_t0
         else:
             if not ray.is_initialized():
-                runtime_env = None if args.no_ship_code else {"py_modules": [os.path.dirname(bittrader_workload.__file__)]}
+                package_dir = os.path.dirname(bittrader_workload.__file__)
+                runtime_env = None if args.no_ship_code else {"py_modules": [package_dir]}
                 ray.init(address=args.address, runtime_env=runtime_env, logging_level=logging.WARNING)
                 owns_ray = True
             cpus, alive = cluster_resources()

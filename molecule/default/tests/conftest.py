@@ -14,12 +14,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "module_utils"))
 
-from bittrader_cluster import PROBE, parse_probe_output  # noqa: E402
+from bittrader_cluster import PROBE, parse_probe_output
 
 HEAD = "mol-head"
 WORKERS = ["mol-worker1", "mol-worker2"]
 IPS = {"mol-head": "10.89.77.10", "mol-worker1": "10.89.77.11", "mol-worker2": "10.89.77.12"}
-CPUS = {"mol-head": 0, "mol-worker1": 1, "mol-worker2": 1}
+# mol-worker2 runs the throttle: 2 CPUs while idle (the tests leave it idle), 1 while active.
+CPUS = {"mol-head": 0, "mol-worker1": 1, "mol-worker2": 2}
 USER = "bittrader"
 HOME = f"/home/{USER}"
 

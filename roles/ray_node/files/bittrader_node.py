@@ -31,6 +31,11 @@ from typing import Any, TextIO
 
 QUICK_FAILURE_S = 60.0
 EX_CONFIG = 78
+WATCH_INTERVAL_S = 2.0
+# `ray start --block` exits only when a Ray subprocess dies with an unexpected code: a raylet that
+# exits cleanly (after a drain, or when the GCS marked it dead) leaves it blocking for ever. The
+# supervisor watches these processes itself and restarts Ray when one has gone.
+CRITICAL = {"head": ("gcs_server", "raylet"), "worker": ("raylet",)}
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -100,6 +105,21 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
         print(f"bittrader-node: cannot write {path}: {exc}", file=sys.stderr, flush=True)
 
 
+class LogFile(logging.handlers.RotatingFileHandler):
+    """A rotated log file that reports a write failure (full disk, lost permission) once, clearly,
+    on stderr and goes on: Ray must not stop because its log cannot be written."""
+
+    reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.reported:
+            self.reported = True
+            error = sys.exc_info()[1]
+            print(f"bittrader-node: ERROR: cannot write the log file {self.baseFilename}: {error}. "
+                  "Ray keeps running; its output goes to the service manager's log only.",
+                  file=sys.stderr, flush=True)
+
+
 def file_logger(name: str, path: str, max_bytes: int, backups: int) -> logging.Logger | None:
     """A size-rotated file logger, or None (with a clear message) when the file cannot be written."""
     logger = logging.getLogger(name)
@@ -110,7 +130,7 @@ def file_logger(name: str, path: str, max_bytes: int, backups: int) -> logging.L
         handler.close()
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups)
+        handler = LogFile(path, maxBytes=max_bytes, backupCount=backups)
     except OSError as exc:
         print(
             f"bittrader-node: ERROR: cannot write the log file {path}: {exc}. "
@@ -131,10 +151,43 @@ def pump(stream: TextIO, echo: TextIO, logger: logging.Logger | None) -> None:
         echo.write(text + "\n")
         echo.flush()
         if logger is not None:
-            try:
-                logger.info(text)
-            except Exception:  # noqa: BLE001 - a full disk must not stop Ray
-                pass
+            logger.info(text)
+
+
+def critical_gone(pid: int, names: tuple[str, ...], seen: set[str]) -> str | None:
+    """The name of a critical Ray process that was running under pid and is gone now, if any.
+
+    seen collects the names observed so far, so a process that has not started yet is not "gone".
+    Needs psutil (installed in every node's venv); without it nothing is watched.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        running = {p.name() for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return None
+    present = {name for name in names if any(proc.startswith(name) for proc in running)}
+    seen.update(present)
+    gone = sorted(seen - present)
+    return gone[0] if gone else None
+
+
+def watch(child: subprocess.Popen[str], names: tuple[str, ...], stopping: threading.Event,
+          fired: threading.Event, interval: float = WATCH_INTERVAL_S) -> None:
+    """Terminate `ray start` when a critical process it started is gone twice in a row."""
+    seen: set[str] = set()
+    strikes = 0
+    while child.poll() is None and not stopping.is_set():
+        gone = critical_gone(child.pid, names, seen)
+        strikes = strikes + 1 if gone else 0
+        if strikes >= 2:
+            print(f"bittrader-node: {gone} has exited; restarting Ray", file=sys.stderr, flush=True)
+            fired.set()
+            child.terminate()
+            return
+        time.sleep(interval)
 
 
 def ray_env(config: dict[str, Any]) -> dict[str, str]:
@@ -149,7 +202,7 @@ def ray_env(config: dict[str, Any]) -> dict[str, str]:
 def stop_stale(config: dict[str, Any], env: dict[str, str], log: logging.Logger | None) -> None:
     """`ray stop --force`: agents and monitors of a dead raylet may linger and hold the ports."""
     try:
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             [str(config["ray"]), "stop", "--force"], env=env, capture_output=True, text=True, timeout=120
         )
         message = f"ray stop --force: exit {done.returncode}"
@@ -187,7 +240,7 @@ def run_once(config: dict[str, Any]) -> int:
     if out_log is not None:
         out_log.info("bittrader-node: %s", " ".join(command))
     started = time.time()
-    child = subprocess.Popen(  # noqa: S603
+    child = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
     )
     stopping = threading.Event()
@@ -196,19 +249,25 @@ def run_once(config: dict[str, Any]) -> int:
         stopping.set()
         child.send_signal(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, forward)
     assert child.stdout is not None and child.stderr is not None
     threads = [
         threading.Thread(target=pump, args=(child.stdout, sys.stdout, out_log), daemon=True),
         threading.Thread(target=pump, args=(child.stderr, sys.stderr, err_log), daemon=True),
     ]
+    fired = threading.Event()
+    names = CRITICAL.get(str(config.get("role")), CRITICAL["worker"])
+    threads.append(threading.Thread(target=watch, args=(child, names, stopping, fired), daemon=True))
     for thread in threads:
         thread.start()
     code = child.wait()
     for thread in threads:
         thread.join(timeout=5)
     ended = time.time()
+    if fired.is_set() and code == 0:
+        code = 1
     message = f"bittrader-node: ray exited with code {code} after {ended - started:.0f} s"
     print(message, flush=True)
     if out_log is not None:

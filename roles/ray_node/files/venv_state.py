@@ -1,9 +1,16 @@
 # Prints the venv's Python release and, for each pinned requirement "name[extra]==version", the
 # installed version; "pinned" is true when every requirement is installed at its pin.
-import importlib.metadata as m, json, platform, re, sys  # noqa: E401
-found, pinned = {}, True
+import importlib.metadata as m
+import json
+import platform
+import re
+import sys
+
+found: dict[str, str | None] = {}
+pinned = True
 for req in json.loads(sys.argv[1]):
     name, _, want = re.sub(r"\[.*?\]", "", req).partition("==")
+    have: str | None
     try:
         have = m.version(name.strip())
     except m.PackageNotFoundError:

@@ -1,0 +1,47 @@
+"""Render the roles' Jinja templates with Ansible's own templating engine (filters included), so
+templates for hosts that do not run here (macOS plists, Windows scripts) are checked as Ansible would
+render them. Used by the template tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader
+from ansible.template import Templar
+
+REPO = Path(__file__).resolve().parents[2]
+_initialised = False
+
+
+def role_defaults(*roles: str) -> dict[str, Any]:
+    """The merged defaults/main.yml (and vars/main.yml) of the named roles, in order."""
+    merged: dict[str, Any] = {}
+    for role in roles:
+        for part in ("defaults/main.yml", "vars/main.yml"):
+            path = REPO / "roles" / role / part
+            if path.exists():
+                merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+def render(template: str | Path, variables: dict[str, Any]) -> str:
+    """Render a template file (path relative to the repo, or absolute) with variables."""
+    global _initialised
+    if not _initialised:
+        init_plugin_loader([str(REPO / "filter_plugins")])
+        from ansible.plugins.loader import filter_loader
+
+        filter_loader.add_directory(str(REPO / "filter_plugins"))
+        _initialised = True
+    path = Path(template)
+    if not path.is_absolute():
+        path = REPO / path
+    loader = DataLoader()
+    loader.set_basedir(str(path.parent))
+    templar = Templar(loader=loader, variables={"ansible_managed": "Ansible managed", **variables})
+    from ansible.template import trust_as_template
+
+    return str(templar.template(trust_as_template(path.read_text())))

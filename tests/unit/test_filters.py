@@ -1,0 +1,97 @@
+"""Filters used by preflight, validation and the firewall: addresses, wheels, ports, tables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
+
+import bittrader as f
+
+DEFAULT_PORTS = {
+    "gcs": 6379, "client_server": 10001, "dashboard": 8265, "node_manager": 8076, "object_manager": 8077,
+    "dashboard_agent_grpc": 8078, "runtime_env_agent": 8079, "metrics_export": 8080,
+    "dashboard_agent_listen": 52365, "min_worker": 10002, "max_worker": 10299,
+}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("100.77.179.14", True), ("::1", True), ("head.local", False), ("", False)])
+def test_is_ip(value: str, expected: bool) -> None:
+    assert f.is_ip(value) is expected
+
+
+def test_in_cidr_and_loopback() -> None:
+    assert f.in_cidr("100.77.179.14", "100.64.0.0/10")
+    assert not f.in_cidr("192.168.1.5", "100.64.0.0/10")
+    assert not f.in_cidr("not-an-ip", "100.64.0.0/10")
+    assert f.is_loopback("127.0.0.1") and not f.is_loopback("10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("ray", "py", "system", "arch", "fragment"),
+    [
+        ("2.60.0", "3.12.12", "Linux", "x86_64", ""),
+        ("2.60.0", "3.12.12", "Linux", "aarch64", ""),
+        ("2.60.0", "3.12.12", "Darwin", "arm64", ""),
+        ("2.60.0", "3.12.12", "Darwin", "x86_64", "Intel Macs"),
+        ("2.49.2", "3.12.12", "Darwin", "x86_64", ""),
+        ("2.60.0", "3.13.5", "Win32NT", "64-bit", ""),
+        ("2.57.0", "3.13.5", "Win32NT", "64-bit", "Windows has 3.13+ from 2.58"),
+        ("2.60.0", "3.9.6", "Linux", "x86_64", "last with Python 3.9 is 2.51.2"),
+        ("2.51.2", "3.9.6", "Linux", "x86_64", ""),
+        ("2.60.0", "3.15.0", "Linux", "x86_64", "no wheel for Python 3.15"),
+        ("2.60.0", "3.12.12", "Linux", "armv7l", "x86_64 and aarch64 only"),
+        ("2.60.0", "3.12.12", "FreeBSD", "amd64", "no wheel for FreeBSD"),
+    ],
+)
+def test_ray_wheel_problem(ray: str, py: str, system: str, arch: str, fragment: str) -> None:
+    problem = f.ray_wheel_problem(ray, py, system, arch)
+    if fragment:
+        assert fragment in problem
+    else:
+        assert problem == ""
+
+
+def test_default_ports_have_no_problem() -> None:
+    assert f.port_problems(DEFAULT_PORTS) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"gcs": 70000}, "outside 1024-65535"),
+        ({"gcs": 22}, "outside 1024-65535"),
+        ({"dashboard": 6379}, "are both 6379"),
+        ({"node_manager": 10005}, "inside the worker port range"),
+        ({"max_worker": 10005}, "too small"),
+        ({"gcs": "six"}, "not a number"),
+    ],
+)
+def test_port_problems(change: dict[str, object], fragment: str) -> None:
+    problems = f.port_problems({**DEFAULT_PORTS, **change})
+    assert any(fragment in p for p in problems), problems
+
+
+def test_port_list_by_role() -> None:
+    worker = f.port_list(DEFAULT_PORTS, "worker")
+    head = f.port_list(DEFAULT_PORTS, "head")
+    assert 6379 not in worker and 6379 in head and 8265 in head
+    assert set(head) - set(worker) == {6379, 8265, 10001}
+    assert 10002 not in head
+
+
+def test_text_table_aligns_and_blanks_none() -> None:
+    out = f.text_table([{"host": "head", "cpus": 0, "problem": None}, {"host": "air-2", "cpus": 10}],
+                       ["host", "cpus", "problem"])
+    lines = out.splitlines()
+    assert lines[0].split() == ["host", "cpus", "problem"]
+    assert lines[2].split() == ["head", "0"]
+    assert lines[3].startswith("air-2  10")
+
+
+def test_filter_module_exports() -> None:
+    names = f.FilterModule().filters()
+    assert {"bittrader_is_ip", "bittrader_ray_wheel_problem", "bittrader_port_problems"} <= set(names)
