@@ -19,6 +19,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 ray.init(address=args["address"], logging_level="ERROR", log_to_driver=False, configure_logging=False)
 nodes = ray.nodes()
+# ray.nodes() gives the resources a node registered with; the scheduler's live totals (changed by
+# the throttle's in-place resize) come from the GCS resource view.
+try:
+    from ray._private import state
+    live_totals = state.total_resources_per_node()
+except Exception:
+    live_totals = {}
 
 @ray.remote(num_cpus=0, max_retries=0)
 def where():
@@ -57,7 +64,8 @@ if args.get("tasks"):
             seen[node_id] = {"error": type(exc).__name__ + ": " + str(exc)[:300]}
 out = []
 for node in nodes:
-    res = node.get("Resources") or {}
+    res = dict(node.get("Resources") or {})
+    res.update(live_totals.get(node.get("NodeID"), {}))
     out.append({
         "node_id": node.get("NodeID"),
         "alive": bool(node.get("Alive")),

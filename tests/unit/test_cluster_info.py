@@ -21,13 +21,25 @@ from ansible.module_utils.bittrader_cluster import MARKER, evaluate, latest_node
 
 
 def node(ip: str, cpus: float, alive: bool = True, **task: Any) -> dict[str, Any]:
-    return {"node_id": ip.replace(".", ""), "alive": alive, "ip": ip, "hostname": f"h{ip[-1]}", "cpus": cpus,
-            "memory": 8 * 2**30, "object_store_memory": 2**30, "is_head": ip.endswith(".10"),
-            "death_reason": "" if alive else "heartbeat timeout", "task": task or None}
+    return {
+        "node_id": ip.replace(".", ""),
+        "alive": alive,
+        "ip": ip,
+        "hostname": f"h{ip[-1]}",
+        "cpus": cpus,
+        "memory": 8 * 2**30,
+        "object_store_memory": 2**30,
+        "is_head": ip.endswith(".10"),
+        "death_reason": "" if alive else "heartbeat timeout",
+        "task": task or None,
+    }
 
 
-EXPECTED = [{"name": "head", "ip": "10.0.0.10", "cpus": 0}, {"name": "w1", "ip": "10.0.0.11", "cpus": 2},
-            {"name": "w2", "ip": "10.0.0.12", "cpus": None}]
+EXPECTED = [
+    {"name": "head", "ip": "10.0.0.10", "cpus": 0},
+    {"name": "w1", "ip": "10.0.0.11", "cpus": 2},
+    {"name": "w2", "ip": "10.0.0.12", "cpus": None},
+]
 OK_TASK = {"ray": "2.60.0", "python": "3.11.2", "uid": 1000}
 
 
@@ -50,8 +62,11 @@ def test_missing_dead_and_short_hosts_are_named() -> None:
 
 
 def test_version_mismatch_root_and_task_errors() -> None:
-    nodes = [node("10.0.0.10", 0, ray="2.59.0", python="3.11.2", uid=0),
-             node("10.0.0.11", 2, error="GetTimeoutError: timed out"), node("10.0.0.12", 2, **OK_TASK)]
+    nodes = [
+        node("10.0.0.10", 0, ray="2.59.0", python="3.11.2", uid=0),
+        node("10.0.0.11", 2, error="GetTimeoutError: timed out"),
+        node("10.0.0.12", 2, **OK_TASK),
+    ]
     problems = evaluate(nodes, EXPECTED, None, "2.60.0", "3.11.2")["problems"]
     assert any("head (10.0.0.10) runs Ray 2.59.0" in p for p in problems)
     assert any("runs Ray as root" in p for p in problems)
@@ -102,18 +117,28 @@ def fake_python(tmp_path: Path, nodes: list[dict[str, Any]], rc: int = 0) -> str
     """An executable that stands in for the venv's Python: prints what the probe would."""
     script = tmp_path / "python"
     payload = MARKER + json.dumps({"nodes": nodes, "driver_ray": "2.60.0", "driver_python": "3.11.2"})
-    script.write_text(f"#!/bin/sh\necho 'noise from ray'\necho '{payload}'\n"
-                      f"test -n \"$RAY_AUTH_TOKEN_PATH\" || exit 9\nexit {rc}\n")
+    script.write_text(
+        f"#!/bin/sh\necho 'noise from ray'\necho '{payload}'\ntest -n \"$RAY_AUTH_TOKEN_PATH\" || exit 9\nexit {rc}\n"
+    )
     script.chmod(0o755)
     return str(script)
 
 
 def test_module_reports_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nodes = [node("10.0.0.10", 0, **OK_TASK), node("10.0.0.11", 2, **OK_TASK), node("10.0.0.12", 1, **OK_TASK)]
-    code, out = run_module({"address": "10.0.0.10:6379", "python": fake_python(tmp_path, nodes),
-                            "token_file": str(tmp_path / "token"), "expected_nodes": EXPECTED,
-                            "min_total_cpus": 3, "ray_version": "2.60.0", "python_version": "3.11.2",
-                            "_ansible_check_mode": True}, monkeypatch)
+    code, out = run_module(
+        {
+            "address": "10.0.0.10:6379",
+            "python": fake_python(tmp_path, nodes),
+            "token_file": str(tmp_path / "token"),
+            "expected_nodes": EXPECTED,
+            "min_total_cpus": 3,
+            "ray_version": "2.60.0",
+            "python_version": "3.11.2",
+            "_ansible_check_mode": True,
+        },
+        monkeypatch,
+    )
     assert code == 0, out
     assert out["changed"] is False and out["problems"] == [] and out["summary"]["cpus"] == 3
     assert out["attempts"] == 1
@@ -122,16 +147,25 @@ def test_module_reports_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_module_fails_naming_the_missing_host_after_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("time.sleep", lambda _s: None)
     nodes = [node("10.0.0.10", 0, **OK_TASK), node("10.0.0.11", 2, **OK_TASK)]
-    code, out = run_module({"address": "10.0.0.10:6379", "python": fake_python(tmp_path, nodes),
-                            "token_file": str(tmp_path / "token"), "expected_nodes": EXPECTED,
-                            "wait_timeout": 1}, monkeypatch)
+    code, out = run_module(
+        {
+            "address": "10.0.0.10:6379",
+            "python": fake_python(tmp_path, nodes),
+            "token_file": str(tmp_path / "token"),
+            "expected_nodes": EXPECTED,
+            "wait_timeout": 1,
+        },
+        monkeypatch,
+    )
     assert code == 1
     assert "w2 (10.0.0.12) has not joined the cluster" in out["msg"]
     assert out["attempts"] >= 1
 
 
 def test_module_fails_clearly_when_the_cluster_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out = run_module({"address": "10.0.0.10:6379", "python": fake_python(tmp_path, [], rc=3),
-                            "token_file": str(tmp_path / "token")}, monkeypatch)
+    code, out = run_module(
+        {"address": "10.0.0.10:6379", "python": fake_python(tmp_path, [], rc=3), "token_file": str(tmp_path / "token")},
+        monkeypatch,
+    )
     assert code == 1
     assert "cannot read the cluster at 10.0.0.10:6379 (exit 3)" in out["msg"]

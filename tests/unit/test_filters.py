@@ -12,13 +12,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 import bittrader as f
 
 DEFAULT_PORTS = {
-    "gcs": 6379, "client_server": 10001, "dashboard": 8265, "node_manager": 8076, "object_manager": 8077,
-    "dashboard_agent_grpc": 8078, "runtime_env_agent": 8079, "metrics_export": 8080,
-    "dashboard_agent_listen": 52365, "min_worker": 10002, "max_worker": 10299,
+    "gcs": 6379,
+    "client_server": 10001,
+    "dashboard": 8265,
+    "node_manager": 8076,
+    "object_manager": 8077,
+    "dashboard_agent_grpc": 8078,
+    "runtime_env_agent": 8079,
+    "metrics_export": 8080,
+    "dashboard_agent_listen": 52365,
+    "min_worker": 10002,
+    "max_worker": 10299,
 }
 
 
-@pytest.mark.parametrize(("value", "expected"), [("100.77.179.14", True), ("::1", True), ("head.local", False), ("", False)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("100.77.179.14", True), ("::1", True), ("head.local", False), ("", False)]
+)
 def test_is_ip(value: str, expected: bool) -> None:
     assert f.is_ip(value) is expected
 
@@ -84,8 +94,9 @@ def test_port_list_by_role() -> None:
 
 
 def test_text_table_aligns_and_blanks_none() -> None:
-    out = f.text_table([{"host": "head", "cpus": 0, "problem": None}, {"host": "air-2", "cpus": 10}],
-                       ["host", "cpus", "problem"])
+    out = f.text_table(
+        [{"host": "head", "cpus": 0, "problem": None}, {"host": "air-2", "cpus": 10}], ["host", "cpus", "problem"]
+    )
     lines = out.splitlines()
     assert lines[0].split() == ["host", "cpus", "problem"]
     assert lines[2].split() == ["head", "0"]

@@ -30,7 +30,8 @@ echo "Ray runtime started."
 echo "a warning" >&2
 case "$FAKE_MODE" in
   exit3) exit 3 ;;
-  raylet) ln -sf "$(command -v sleep)" "$FAKE_DIR/raylet"; "$FAKE_DIR/raylet" 300 & echo $! > "$FAKE_DIR/raylet.pid"; wait ;;
+  raylet) ln -sf "$(command -v sleep)" "$FAKE_DIR/raylet"
+          "$FAKE_DIR/raylet" 300 & echo $! > "$FAKE_DIR/raylet.pid"; wait ;;
   block) exec sleep 300 ;;
 esac
 """
@@ -45,13 +46,24 @@ def make_config(tmp_path: Path, mode: str, **extra: Any) -> dict[str, Any]:
     token.write_text("f" * 64)
     token.chmod(0o600)
     config = {
-        "role": "worker", "node": "w1", "ray": str(ray),
-        "start_args": ["start", "--block", "--address=10.0.0.10:6379"], "num_cpus": 4,
+        "role": "worker",
+        "node": "w1",
+        "ray": str(ray),
+        "start_args": ["start", "--block", "--address=10.0.0.10:6379"],
+        "num_cpus": 4,
         "num_cpus_file": str(tmp_path / "run" / "num_cpus"),
-        "env": {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "FAKE_MODE": mode,
-                "FAKE_CALLS": str(tmp_path / "calls"), "FAKE_DIR": str(tmp_path)},
-        "log_file": str(tmp_path / "logs" / "worker.log"), "error_log_file": str(tmp_path / "logs" / "worker_error.log"),
-        "state_file": str(tmp_path / "supervisor.json"), "restart_delay_s": 1, "restart_max_delay_s": 8,
+        "env": {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token),
+            "FAKE_MODE": mode,
+            "FAKE_CALLS": str(tmp_path / "calls"),
+            "FAKE_DIR": str(tmp_path),
+        },
+        "log_file": str(tmp_path / "logs" / "worker.log"),
+        "error_log_file": str(tmp_path / "logs" / "worker_error.log"),
+        "state_file": str(tmp_path / "supervisor.json"),
+        "restart_delay_s": 1,
+        "restart_max_delay_s": 8,
     }
     config.update(extra)
     (tmp_path / "run").mkdir(exist_ok=True)
@@ -82,7 +94,9 @@ def test_backoff_grows_with_quick_failures_and_resets() -> None:
     assert node.backoff_delay(state, 5, 60) == 0
 
 
-def test_run_once_logs_both_streams_and_restarts_after_a_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_once_logs_both_streams_and_restarts_after_a_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = make_config(tmp_path, "exit3")
     assert node.run_once(config) == 3
     calls = (tmp_path / "calls").read_text().splitlines()
@@ -106,7 +120,9 @@ def test_a_missing_token_is_a_clear_configuration_error(tmp_path: Path, capsys: 
     assert not (tmp_path / "calls").exists()
 
 
-def test_an_unwritable_log_folder_is_reported_and_ray_still_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unwritable_log_folder_is_reported_and_ray_still_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     if os.geteuid() == 0:
         blocked = tmp_path / "not-a-dir"
         blocked.write_text("a file where the log folder should be")
@@ -164,8 +180,12 @@ def test_sigterm_stops_ray_and_exits_zero(tmp_path: Path) -> None:
     config = make_config(tmp_path, "block")
     config_path = tmp_path / "node.json"
     config_path.write_text(json.dumps(config))
-    proc = subprocess.Popen([sys.executable, str(REPO / "roles/ray_node/files/bittrader_node.py"), "run",
-                             "--config", str(config_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "roles/ray_node/files/bittrader_node.py"), "run", "--config", str(config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     calls = tmp_path / "calls"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not (calls.exists() and "start" in calls.read_text()):

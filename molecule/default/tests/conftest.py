@@ -19,8 +19,9 @@ from bittrader_cluster import PROBE, parse_probe_output
 HEAD = "mol-head"
 WORKERS = ["mol-worker1", "mol-worker2"]
 IPS = {"mol-head": "10.89.77.10", "mol-worker1": "10.89.77.11", "mol-worker2": "10.89.77.12"}
-# mol-worker2 runs the throttle: 2 CPUs while idle (the tests leave it idle), 1 while active.
-CPUS = {"mol-head": 0, "mol-worker1": 1, "mol-worker2": 2}
+# mol-worker2 runs the throttle: 1 CPU while its (simulated) owner is active, which is what the
+# daemon assumes until the tests write the activity file (test_throttle), 2 while idle.
+CPUS = {"mol-head": 0, "mol-worker1": 1, "mol-worker2": 1}
 USER = "bittrader"
 HOME = f"/home/{USER}"
 

@@ -28,8 +28,7 @@ def test_a_task_lands_on_every_node(host) -> None:  # type: ignore[no-untyped-de
 def test_a_client_without_the_token_is_refused(host) -> None:  # type: ignore[no-untyped-def]
     py = f"{base_dir(HEAD)}/venv/bin/python"
     code = f"import ray; ray.init(address='{IPS[HEAD]}:6379'); print('CONNECTED')"
-    res = host.run(as_user(["timeout", "60", py, "-c", code], {"RAY_AUTH_MODE": "token",
-                                                              "RAY_AUTH_TOKEN": "0" * 64}))
+    res = host.run(as_user(["timeout", "60", py, "-c", code], {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}))
     assert "CONNECTED" not in res.stdout
     assert res.rc != 0
 
@@ -43,5 +42,7 @@ def test_all_nodes_rejoin_after_the_head_restarts(host) -> None:  # type: ignore
     restarted = time.monotonic()
     assert host.run("systemctl restart bittrader-ray-head").rc == 0
     took = wait_for_all_alive(host, timeout=90)
-    print(f"all nodes alive {took:.1f} s after the head's restart "
-          f"({time.monotonic() - restarted:.1f} s including the restart)")
+    print(
+        f"all nodes alive {took:.1f} s after the head's restart "
+        f"({time.monotonic() - restarted:.1f} s including the restart)"
+    )

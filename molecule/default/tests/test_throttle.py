@@ -55,21 +55,38 @@ def test_cpus_follow_activity_while_a_job_runs_and_nothing_is_lost(host) -> None
     subprocess.run(["podman", "cp", str(REPO / "workload") + "/.", f"{HEAD}:{code}"], check=True)
     host.run(f"chown -R bittrader {base}/jobs")
     set_activity("idle")
-    wait_cpus(host, 2.0, 60)
+    reactions = {"start->idle": wait_cpus(host, 2.0, 60)}
 
     job = f"throttle-{int(time.time())}"
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{base}/auth_token"}
-    submit = host.run(as_user([
-        f"{base}/venv/bin/ray", "job", "submit", f"--address=http://{IPS[HEAD]}:8265", f"--submission-id={job}",
-        f"--working-dir={code}", "--no-wait", "--", f"{base}/venv/bin/python", "-m", "bittrader_workload.job",
-        "--candles=40000", "--params=240", "--no-ship-code", "--quiet",
-        f"--results={base}/jobs/throttle/{job}.jsonl", f"--summary={base}/jobs/throttle/{job}.json",
-    ], env))
+    submit = host.run(
+        as_user(
+            [
+                f"{base}/venv/bin/ray",
+                "job",
+                "submit",
+                f"--address=http://{IPS[HEAD]}:8265",
+                f"--submission-id={job}",
+                f"--working-dir={code}",
+                "--no-wait",
+                "--",
+                f"{base}/venv/bin/python",
+                "-m",
+                "bittrader_workload.job",
+                "--candles=40000",
+                "--params=240",
+                "--no-ship-code",
+                "--quiet",
+                f"--results={base}/jobs/throttle/{job}.jsonl",
+                f"--summary={base}/jobs/throttle/{job}.json",
+            ],
+            env,
+        )
+    )
     assert submit.rc == 0, submit.stderr
     time.sleep(8)
     assert job_status(host, job) in {"RUNNING", "PENDING"}
 
-    reactions = {}
     set_activity("active")
     reactions["idle->active"] = wait_cpus(host, 1.0, 90)
     set_activity("idle")
@@ -78,8 +95,10 @@ def test_cpus_follow_activity_while_a_job_runs_and_nothing_is_lost(host) -> None
     reactions["idle->active (2)"] = wait_cpus(host, 1.0, 90)
     set_activity("idle")
     reactions["active->idle (2)"] = wait_cpus(host, 2.0, 90)
-    print("throttle reaction times (s, until ray.nodes() showed the new CPUs): "
-          + ", ".join(f"{k} {v:.1f}" for k, v in reactions.items()))
+    print(
+        "throttle reaction times (s, until ray.nodes() showed the new CPUs): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in reactions.items())
+    )
 
     deadline = time.monotonic() + 600
     status = job_status(host, job)
@@ -88,8 +107,10 @@ def test_cpus_follow_activity_while_a_job_runs_and_nothing_is_lost(host) -> None
         status = job_status(host, job)
     assert status == "SUCCEEDED", status
     summary = json.loads(host.file(f"{base}/jobs/throttle/{job}.json").content_string)
-    print(f"job: {summary['evaluations_done']}/{summary['evaluations_expected']} evaluations, "
-          f"{summary['evaluations_failed']} failed, {summary['wall_s']:.1f} s, nodes {summary['nodes']}")
+    print(
+        f"job: {summary['evaluations_done']}/{summary['evaluations_expected']} evaluations, "
+        f"{summary['evaluations_failed']} failed, {summary['wall_s']:.1f} s, nodes {summary['nodes']}"
+    )
     assert summary["evaluations_done"] == summary["evaluations_expected"] == 240
     assert summary["evaluations_failed"] == 0
     assert summary["status"] == "complete"

@@ -1,0 +1,54 @@
+"""Last: playbooks/uninstall.yml removes everything the roles installed, and a second run changes
+nothing. (Runs after the other tests; Molecule destroys the containers afterwards.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from conftest import HEAD, REPO, USER, WORKERS
+
+testinfra_hosts = ["podman://mol-head", "podman://mol-worker1", "podman://mol-worker2"]
+_runs: list[str] = []
+
+
+def uninstall() -> str:
+    """Run the uninstall playbook against Molecule's inventory (once per round), return its output."""
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    res = subprocess.run(
+        ["ansible-playbook", "-i", inventory, str(REPO / "playbooks/uninstall.yml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    return res.stdout
+
+
+def changed_counts(output: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.M)}
+
+
+def test_uninstall_removes_everything_and_is_idempotent(host) -> None:  # type: ignore[no-untyped-def]
+    if not _runs:
+        _runs.append(uninstall())
+        _runs.append(uninstall())
+        first, second = changed_counts(_runs[0]), changed_counts(_runs[1])
+        assert all(first[h] > 0 for h in [HEAD, *WORKERS]), first
+        assert all(v == 0 for v in second.values()), second
+    for unit in ("bittrader-ray-head", "bittrader-ray-worker", "bittrader-throttle"):
+        assert not host.file(f"/etc/systemd/system/{unit}.service").exists
+    assert not host.file("/etc/sudoers.d/bittrader-throttle").exists
+    assert not host.user(USER).exists
+    assert not host.file(f"/home/{USER}").exists
+    assert host.run("pgrep -x raylet").rc != 0
+    assert host.run("pgrep -x gcs_server").rc != 0
