@@ -1,0 +1,725 @@
+"""The worker_windows role, checked here without a Windows host: its templates (and the shared
+node.json.j2) rendered with Ansible's Templar for several hosts (user names and profile paths with
+spaces, apostrophes and accents; tailscale and LAN mode), and the module arguments of its task files
+(scheduled tasks, firewall rules, paths) rendered from the YAML the way Ansible would template them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import ntpath
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+from ansible_render import REPO, render, role_defaults
+
+ROLE = REPO / "roles" / "worker_windows"
+TEMPLATES = ROLE / "templates"
+TASKS = ROLE / "tasks"
+NODE_JSON = REPO / "roles" / "ray_node" / "templates" / "node.json.j2"
+HEAD_ONLY = {"gcs", "client_server", "dashboard"}
+
+_spec = importlib.util.spec_from_file_location(
+    "bittrader_throttle_win_test", REPO / "module_utils" / "bittrader_throttle.py"
+)
+assert _spec is not None and _spec.loader is not None
+throttle = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = throttle  # dataclasses look their module up while the file runs
+_spec.loader.exec_module(throttle)
+
+# Hosts of different kinds: (id, bittrader_user, profile path or "" before the first sign-in, mode, cidr, address).
+HOSTS = [
+    ("tailscale", "trader", r"C:\Users\trader", "tailscale", "100.64.0.0/10", "100.77.179.30"),
+    ("lan-spaces", "John Smith", r"C:\Users\John Smith", "lan", "192.168.1.0/24", "192.168.1.30"),
+    ("apostrophe", "O'Brien", r"D:\Profiles\O'Brien", "lan", "10.0.0.0/8", "10.1.2.3"),
+    (
+        "typographic-accents",
+        "Jos\u00e9 O\u2019Neil",
+        "C:\\Users\\Jos\u00e9 O\u2019Neil",
+        "tailscale",
+        "100.64.0.0/10",
+        "100.100.1.2",
+    ),
+    ("no-profile-yet", "bittrader", "", "tailscale", "100.64.0.0/10", "100.77.179.31"),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: trusted variables, data templating, task files
+# --------------------------------------------------------------------------------------------------
+
+
+def trusted(value: Any) -> Any:
+    """Variables as Ansible holds those read from YAML files: strings trusted as templates."""
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {k: trusted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [trusted(v) for v in value]
+    return value
+
+
+def template_data(data: Any, variables: dict[str, Any]) -> Any:
+    """Template a task's arguments (any YAML data) with variables, as Ansible does (omit dropped)."""
+    render(TEMPLATES / "verify_worker.cmd.j2", {})  # initialises the plugin loader (filters, collections)
+    templar = Templar(loader=DataLoader(), variables=trusted(variables))
+    return templar.template(trusted(data))
+
+
+def load_tasks(name: str) -> list[dict[str, Any]]:
+    """The tasks of a task file, blocks flattened (a block's vars and when go to its tasks)."""
+    out: list[dict[str, Any]] = []
+
+    def walk(items: list[dict[str, Any]], inherited_vars: dict[str, Any]) -> None:
+        for item in items:
+            if "block" in item:
+                walk(item["block"], {**inherited_vars, **item.get("vars", {})})
+            else:
+                out.append({**item, "vars": {**inherited_vars, **item.get("vars", {})}})
+
+    walk(yaml.safe_load((TASKS / name).read_text(encoding="utf-8")), {})
+    return out
+
+
+def find_task(name: str, module: str, nth: int = 0) -> dict[str, Any]:
+    found = [t for t in load_tasks(name) if module in t]
+    assert len(found) > nth, f"{name}: no task #{nth} using {module}"
+    return found[nth]
+
+
+def task_args(task: dict[str, Any], module: str, variables: dict[str, Any], item: Any = None) -> dict[str, Any]:
+    scope = {**variables, **task.get("vars", {})}
+    if item is not None:
+        scope["item"] = item
+    return template_data(task[module], scope)
+
+
+def split_command_line(line: str) -> list[str]:
+    """CommandLineToArgvW / the MSVC runtime: how a Windows program splits its command line."""
+    args: list[str] = []
+    i, n = 0, len(line)
+    # The program name: up to the closing quote, or to the first blank; no escapes.
+    if line.startswith('"'):
+        end = line.index('"', 1)
+        args.append(line[1:end])
+        i = end + 1
+    else:
+        end = len(line.split()[0])
+        args.append(line[:end])
+        i = end
+    while i < n:
+        while i < n and line[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        current, quoted = [], False
+        while i < n and (quoted or line[i] not in " \t"):
+            if line[i] == "\\":
+                j = i
+                while j < n and line[j] == "\\":
+                    j += 1
+                count = j - i
+                if j < n and line[j] == '"':
+                    current.append("\\" * (count // 2))
+                    if count % 2:
+                        current.append('"')
+                        i = j + 1
+                    else:
+                        i = j
+                    continue
+                current.append("\\" * count)
+                i = j
+                continue
+            if line[i] == '"':
+                quoted = not quoted
+                i += 1
+                continue
+            current.append(line[i])
+            i += 1
+        args.append("".join(current))
+    return args
+
+
+PS_QUOTES = "'\u2018\u2019\u201a\u201b"
+
+
+def ps_single_quoted(text: str) -> str:
+    """The value of a PowerShell single-quoted literal (every PowerShell single-quote character
+    counts as a quote, and two of them stand for one)."""
+    assert text[0] in PS_QUOTES, text
+    out, i = [], 1
+    while i < len(text):
+        ch = text[i]
+        if ch in PS_QUOTES:
+            if i + 1 < len(text) and text[i + 1] in PS_QUOTES:
+                out.append(ch)
+                i += 2
+                continue
+            assert text[i + 1 :].strip() == "", f"text after the literal: {text!r}"
+            return "".join(out)
+        out.append(ch)
+        i += 1
+    raise AssertionError(f"unterminated PowerShell literal: {text!r}")
+
+
+def ps_balance_problems(script: str) -> list[str]:
+    """Unbalanced (), {} or [] outside PowerShell strings and comments, and unterminated strings."""
+    stack: list[str] = []
+    pairs = {")": "(", "}": "{", "]": "["}
+    i, n = 0, len(script)
+    while i < n:
+        ch = script[i]
+        if ch == "#":
+            i = script.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        if ch == "<" and script.startswith("<#", i):
+            end = script.find("#>", i)
+            if end < 0:
+                return ["unterminated block comment"]
+            i = end + 2
+            continue
+        if ch in PS_QUOTES:
+            j = i + 1
+            while j < n:
+                if script[j] in PS_QUOTES:
+                    if j + 1 < n and script[j + 1] in PS_QUOTES:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            if j >= n:
+                return [f"unterminated single-quoted string at {i}"]
+            i = j + 1
+            continue
+        if ch == '"':
+            j = i + 1
+            while j < n and script[j] != '"':
+                if script[j] == "`":
+                    j += 1
+                elif script.startswith("$(", j):
+                    depth, j = 1, j + 2
+                    while j < n and depth:
+                        depth += {"(": 1, ")": -1}.get(script[j], 0)
+                        j += 1
+                    continue
+                j += 1
+            if j >= n:
+                return [f"unterminated double-quoted string at {i}"]
+            i = j + 1
+            continue
+        if ch in "({[":
+            stack.append(ch)
+        elif ch in ")}]":
+            if not stack or stack.pop() != pairs[ch]:
+                return [f"unbalanced {ch!r} at {i}: ...{script[max(0, i - 60) : i + 1]!r}"]
+        i += 1
+    return [f"unclosed {c!r}" for c in stack]
+
+
+# --------------------------------------------------------------------------------------------------
+# The variables of a Windows worker, with the paths computed by the role's own set_fact
+# --------------------------------------------------------------------------------------------------
+
+
+def host_vars(user: str, profile: str, mode: str, cidr: str, ip: str, **extra: Any) -> dict[str, Any]:
+    variables = role_defaults("bittrader", "worker_windows")
+    variables.update(
+        {
+            "inventory_hostname": "gaming-pc",
+            "ansible_check_mode": False,
+            "ansible_facts": {
+                "system": "Win32NT",
+                "os_family": "Windows",
+                "architecture": "64-bit",
+                "architecture2": "x86_64",
+                "processor_vcpus": 16,
+            },
+            "bittrader_user": user,
+            "bittrader_create_user": False,
+            "bittrader_network_mode": mode,
+            "bittrader_node_role": "worker",
+            "bittrader_head_host": "macbook-pro",
+            "bittrader_head_ip": "100.77.179.14" if mode == "tailscale" else "192.168.1.10",
+            "bittrader_cidr": cidr,
+            "bittrader_advertise_ip": ip,
+            "bittrader_service_name": "bittrader-ray-worker",
+            "worker_windows__account": {
+                "result": {
+                    "exists": True,
+                    "sid": "S-1-5-21-1111111111-2222222222-3333333333-1001",
+                    "is_admin": False,
+                    "profile": profile,
+                    "profiles_dir": r"C:\Users",
+                }
+            },
+        }
+    )
+    variables["bittrader_head_address"] = f"{variables['bittrader_head_ip']}:{variables['bittrader_ports']['gcs']}"
+    variables.update(extra)
+    paths_task = find_task("paths.yml", "ansible.builtin.set_fact")
+    variables.update(task_args(paths_task, "ansible.builtin.set_fact", variables))
+    return variables
+
+
+@pytest.fixture(params=HOSTS, ids=[h[0] for h in HOSTS])
+def hv(request: pytest.FixtureRequest) -> dict[str, Any]:
+    _id, user, profile, mode, cidr, ip = request.param
+    return host_vars(user, profile, mode, cidr, ip)
+
+
+def expected_home(variables: dict[str, Any]) -> str:
+    profile = variables["worker_windows__account"]["result"]["profile"]
+    return profile or "C:\\Users\\" + variables["bittrader_user"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------------
+
+
+def test_paths_are_windows_paths_in_the_profile(hv: dict[str, Any]) -> None:
+    base = expected_home(hv) + "\\.bittrader_worker"
+    assert hv["bittrader_home"] == expected_home(hv)
+    assert hv["bittrader_base_dir"] == base
+    assert hv["bittrader_venv_dir"] == base + "\\venv"
+    assert hv["bittrader_log_dir"] == base + "\\logs"
+    assert hv["bittrader_run_dir"] == base + "\\run"
+    assert hv["bittrader_token_file"] == base + "\\auth_token"
+    assert hv["bittrader_node_config"] == base + "\\node.json"
+    assert hv["bittrader_ray_bin"] == base + "\\venv\\Scripts\\ray.exe"
+    assert hv["bittrader_venv_python"] == base + "\\venv\\Scripts\\python.exe"
+    assert hv["worker_windows_paths"]["node_script"] == base + "\\venv\\Scripts\\bittrader-node.py"
+    assert hv["worker_windows_paths"]["uv_dir"] == base + "\\uv\\" + hv["bittrader_uv_version"]
+    for key, value in hv["worker_windows_paths"].items():
+        assert value.startswith(base + "\\"), key
+        assert "/" not in value and "{{" not in value, key
+
+
+def test_a_new_profile_path_wins() -> None:
+    variables = host_vars("bittrader", "", "tailscale", "100.64.0.0/10", "100.77.179.31")
+    variables["worker_windows__profile"] = {"changed": True, "path": r"C:\Users\bittrader.GAMING-PC"}
+    paths_task = find_task("paths.yml", "ansible.builtin.set_fact")
+    facts = task_args(paths_task, "ansible.builtin.set_fact", variables)
+    assert facts["bittrader_base_dir"] == r"C:\Users\bittrader.GAMING-PC\.bittrader_worker"
+
+
+# --------------------------------------------------------------------------------------------------
+# Templates
+# --------------------------------------------------------------------------------------------------
+
+
+def rendered_templates(variables: dict[str, Any]) -> dict[str, str]:
+    return {path.name: render(path, variables) for path in sorted(TEMPLATES.glob("*.j2"))}
+
+
+def test_every_template_renders_completely(hv: dict[str, Any]) -> None:
+    for name, text in rendered_templates(hv).items():
+        assert "{{" not in text and "{%" not in text and "{#" not in text, name
+        assert text.strip(), name
+
+
+def test_powershell_scripts_are_balanced(hv: dict[str, Any]) -> None:
+    for name, text in rendered_templates(hv).items():
+        if name.endswith(".ps1.j2"):
+            assert ps_balance_problems(text) == [], name
+            code = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            first = code[0].strip()
+            assert first.startswith(("param(", "[CmdletBinding(")), f"{name}: param() must come first, got {first!r}"
+
+
+def test_verify_script_quotes_paths_for_powershell(hv: dict[str, Any]) -> None:
+    text = render(TEMPLATES / "verify_worker.ps1.j2", hv)
+    literals = {}
+    for line in text.splitlines():
+        match = re.match(r"^\$(\w+) = (.+)$", line)
+        if match and match.group(2)[0] in PS_QUOTES:
+            literals[match.group(1)] = ps_single_quoted(match.group(2))
+    assert literals["UserName"] == hv["bittrader_user"]
+    assert literals["BaseDir"] == hv["bittrader_base_dir"]
+    assert literals["VenvDir"] == hv["bittrader_venv_dir"]
+    assert literals["LogDir"] == hv["bittrader_log_dir"]
+    assert literals["RunDir"] == hv["bittrader_run_dir"]
+    assert literals["TokenFile"] == hv["bittrader_token_file"]
+    assert literals["NodeConfig"] == hv["bittrader_node_config"]
+    assert literals["TaskPath"] == "\\Bittrader\\"
+    assert literals["HeadIp"] == hv["bittrader_head_ip"]
+    assert re.search(r"^\$GcsPort = 6379$", text, re.MULTILINE)
+    assert re.search(r"^\$ThrottleEnabled = \$false$", text, re.MULTILINE)
+
+
+def test_verify_cmd_calls_the_script_next_to_it(hv: dict[str, Any]) -> None:
+    text = render(TEMPLATES / "verify_worker.cmd.j2", hv)
+    assert '-File "%~dp0verify_worker.ps1" %*' in text
+    assert text.isascii()
+
+
+def test_node_json_has_windows_paths_and_the_cluster_flag(hv: dict[str, Any]) -> None:
+    config = json.loads(render(NODE_JSON, hv))
+    assert config["role"] == "worker"
+    assert config["ray"] == hv["bittrader_ray_bin"]
+    assert config["ray"].endswith("\\venv\\Scripts\\ray.exe")
+    assert config["env"]["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"
+    assert config["env"]["RAY_AUTH_MODE"] == "token"
+    assert config["env"]["RAY_AUTH_TOKEN_PATH"] == hv["bittrader_token_file"]
+    assert ntpath.normpath(config["log_file"]) == hv["bittrader_log_dir"] + "\\worker.log"
+    assert ntpath.normpath(config["error_log_file"]) == hv["bittrader_log_dir"] + "\\worker_error.log"
+    assert ntpath.normpath(config["state_file"]) == hv["bittrader_run_dir"] + "\\supervisor.json"
+    assert ntpath.normpath(config["num_cpus_file"]) == hv["worker_windows_paths"]["num_cpus_file"]
+    args = config["start_args"]
+    assert args[:2] == ["start", "--block"]
+    assert f"--node-ip-address={hv['bittrader_advertise_ip']}" in args
+    assert f"--address={hv['bittrader_head_address']}" in args
+    assert "--head" not in args
+    ports = hv["bittrader_ports"]
+    for flag, key in [
+        ("--node-manager-port", "node_manager"),
+        ("--object-manager-port", "object_manager"),
+        ("--min-worker-port", "min_worker"),
+        ("--max-worker-port", "max_worker"),
+        ("--dashboard-agent-listen-port", "dashboard_agent_listen"),
+    ]:
+        assert f"{flag}={ports[key]}" in args
+
+
+@pytest.mark.parametrize(
+    ("extra", "cpus_idle", "battery"),
+    [
+        ({}, None, "pause"),
+        ({"bittrader_num_cpus": 6}, 6, "pause"),
+        ({"worker_windows_throttle_cpus_idle": 4, "worker_windows_throttle_battery_policy": "3"}, 4, 3),
+        ({"worker_windows_throttle_battery_policy": "ignore"}, None, "ignore"),
+    ],
+)
+def test_throttle_config_is_valid_for_the_daemon(extra: dict[str, Any], cpus_idle: int | None, battery: Any) -> None:
+    variables = host_vars("John Smith", r"C:\Users\John Smith", "lan", "192.168.1.0/24", "192.168.1.30", **extra)
+    variables["bittrader_throttle_enabled"] = True
+    config = json.loads(render(TEMPLATES / "throttle.json.j2", variables))
+    assert throttle.validate(config) == []
+    assert config["platform"] == "windows"
+    assert config["policy"]["activity_source"] == "windows"
+    assert config["policy"]["cpus_active"] == 2
+    assert config["policy"]["cpus_idle"] == cpus_idle
+    assert config["policy"]["idle_threshold_s"] == 300
+    assert config["policy"]["battery_policy"] == battery
+    assert config["mechanism"] == {"kind": "windows", "process_user": "John Smith"}
+    assert config["ray"]["head_address"] == variables["bittrader_head_address"]
+    assert config["ray"]["node_ip"] == "192.168.1.30"
+    assert config["ray"]["token_path"] == variables["bittrader_token_file"]
+    assert "RAY_AUTH_TOKEN" not in config["ray"]["env"]
+    node = json.loads(render(NODE_JSON, variables))
+    assert ntpath.normpath(node["num_cpus_file"]) == config["paths"]["num_cpus_file"]
+
+
+def test_throttle_config_passes_the_daemon_loader(tmp_path: Path) -> None:
+    variables = host_vars("trader", r"C:\Users\trader", "tailscale", "100.64.0.0/10", "100.77.179.30")
+    path = tmp_path / "throttle.json"
+    path.write_text(render(TEMPLATES / "throttle.json.j2", variables), encoding="utf-8")
+    loaded = throttle.load_config(str(path))
+    assert loaded.activity_kind == "windows"
+    assert loaded.mechanism_kind == "windows"
+
+
+# --------------------------------------------------------------------------------------------------
+# Scheduled tasks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ray_task_runs_the_supervisor_at_boot_as_the_standard_user(hv: dict[str, Any]) -> None:
+    task = find_task("service.yml", "community.windows.win_scheduled_task")
+    args = task_args(task, "community.windows.win_scheduled_task", hv)
+    assert args["name"] == "Bittrader Ray Worker"
+    assert args["path"] == "\\Bittrader\\"
+    assert args["state"] == "present"
+    assert args["triggers"] == [{"type": "boot", "enabled": True, "delay": "PT30S"}]
+    assert args["username"] == hv["bittrader_user"]
+    assert args["username"].lower() not in {"administrator", "system", "admin", "administrators"}
+    assert args["run_level"] == "limited"
+    assert args["logon_type"] == "s4u"
+    assert "password" not in args
+    assert args["hidden"] is True
+    assert args["enabled"] is True
+    assert args["execution_time_limit"] == "PT0S"
+    assert args["multiple_instances"] == 2
+    assert args["restart_count"] == 999
+    assert args["restart_interval"] == "PT1M"
+    assert args["disallow_start_if_on_batteries"] is False
+    assert args["stop_if_going_on_batteries"] is False
+    (action,) = args["actions"]
+    assert action["path"] == f'"{hv["bittrader_venv_python"]}"'
+    assert '"' not in action["working_directory"]
+    assert action["working_directory"] == hv["bittrader_base_dir"]
+    argv = split_command_line(action["path"] + " " + action["arguments"])
+    assert argv == [
+        hv["bittrader_venv_python"],
+        hv["worker_windows_paths"]["node_script"],
+        "run",
+        "--config",
+        hv["bittrader_node_config"],
+        "--loop",
+    ]
+    assert template_data(task["no_log"], hv) is False
+    assert task["notify"] == "Restart the Windows Ray worker"
+
+
+def test_ray_task_with_a_stored_password_hides_it() -> None:
+    variables = host_vars(
+        "John Smith",
+        r"C:\Users\John Smith",
+        "lan",
+        "192.168.1.0/24",
+        "192.168.1.30",
+        worker_windows_task_logon_type="password",
+        worker_windows_user_password="s3cret pass",
+    )
+    task = find_task("service.yml", "community.windows.win_scheduled_task")
+    args = task_args(task, "community.windows.win_scheduled_task", variables)
+    assert args["logon_type"] == "password"
+    assert args["password"] == "s3cret pass"
+    assert args["update_password"] is False
+    assert template_data(task["no_log"], variables) is True
+
+
+def test_throttle_task_starts_at_sign_in_in_the_users_session(hv: dict[str, Any]) -> None:
+    task = find_task("throttle.yml", "community.windows.win_scheduled_task")
+    args = task_args(task, "community.windows.win_scheduled_task", hv)
+    assert args["triggers"] == [{"type": "logon", "enabled": True, "user_id": hv["bittrader_user"]}]
+    assert args["username"] == hv["bittrader_user"]
+    assert args["logon_type"] == "interactive_token"
+    assert args["run_level"] == "limited"
+    assert args["execution_time_limit"] == "PT0S"
+    assert args["multiple_instances"] == 2
+    (action,) = args["actions"]
+    assert action["path"] == '"' + hv["worker_windows_paths"]["venv_pythonw"] + '"'
+    argv = split_command_line(action["path"] + " " + action["arguments"])
+    assert argv == [
+        hv["worker_windows_paths"]["venv_pythonw"],
+        hv["worker_windows_paths"]["throttle_script"],
+        "--config",
+        hv["worker_windows_paths"]["throttle_config"],
+    ]
+
+
+def test_throttle_files_come_from_the_shared_sources() -> None:
+    copies = [t for t in load_tasks("throttle.yml") + load_tasks("node.yml") if "ansible.windows.win_copy" in t]
+    sources = {t["ansible.windows.win_copy"]["src"] for t in copies}
+    assert "{{ role_path }}/../../module_utils/bittrader_throttle.py" in sources
+    assert "{{ role_path }}/../ray_node/files/bittrader_node.py" in sources
+    for src in sources:
+        assert (ROLE / src.replace("{{ role_path }}/", "")).resolve().is_file(), src
+    template = find_task("node.yml", "ansible.windows.win_template")
+    src = template["ansible.windows.win_template"]["src"]
+    assert (ROLE / src.replace("{{ role_path }}/", "")).resolve() == NODE_JSON
+
+
+# --------------------------------------------------------------------------------------------------
+# Windows Firewall
+# --------------------------------------------------------------------------------------------------
+
+
+def test_firewall_opens_exactly_the_worker_ports_to_the_cluster(hv: dict[str, Any]) -> None:
+    task = find_task("firewall.yml", "community.windows.win_firewall_rule")
+    items = template_data(task["loop"], hv)
+    rules = [task_args(task, "community.windows.win_firewall_rule", hv, item) for item in items]
+    ports = hv["bittrader_ports"]
+    singles = sorted(v for k, v in ports.items() if k not in HEAD_ONLY | {"min_worker", "max_worker"})
+    opened: list[str] = []
+    for rule in rules:
+        assert rule["name"].startswith("Bittrader Ray ")
+        assert rule["remoteip"] == hv["bittrader_cidr"]
+        assert rule["direction"] == "in"
+        assert rule["action"] == "allow"
+        assert rule["protocol"] == "tcp"
+        assert rule["state"] == "present"
+        assert rule["enabled"] is True
+        assert sorted(rule["profiles"]) == ["domain", "private", "public"]
+        opened.extend(rule["localport"].split(","))
+    assert sorted(opened) == sorted([str(p) for p in singles] + [f"{ports['min_worker']}-{ports['max_worker']}"])
+    for head_port in (ports[k] for k in HEAD_ONLY):
+        assert str(head_port) not in opened
+    assert len({r["name"] for r in rules}) == len(rules)
+
+
+def test_uninstall_removes_the_same_rules_and_tasks(hv: dict[str, Any]) -> None:
+    firewall = find_task("firewall.yml", "community.windows.win_firewall_rule")
+    removed = find_task("uninstall.yml", "community.windows.win_firewall_rule")
+    assert firewall["loop"] == removed["loop"]
+    assert removed["community.windows.win_firewall_rule"]["state"] == "absent"
+    tasks = find_task("uninstall.yml", "community.windows.win_scheduled_task")
+    names = template_data(tasks["loop"], hv)
+    assert sorted(names) == ["Bittrader Ray Worker", "Bittrader Throttle"]
+    assert tasks["community.windows.win_scheduled_task"]["state"] == "absent"
+    base = find_task("uninstall.yml", "ansible.windows.win_file")
+    assert task_args(base, "ansible.windows.win_file", hv) == {"path": hv["bittrader_base_dir"], "state": "absent"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders, token, Python and pip
+# --------------------------------------------------------------------------------------------------
+
+
+def test_base_folder_is_restricted_to_user_system_and_administrators(hv: dict[str, Any]) -> None:
+    acl = find_task("folders.yml", "ansible.windows.win_acl")
+    items = template_data(acl["loop"], hv)
+    sids = [item["sid"] for item in items]
+    assert sids == [hv["worker_windows__account"]["result"]["sid"], "S-1-5-18", "S-1-5-32-544"]
+    args = task_args(acl, "ansible.windows.win_acl", hv, items[0])
+    assert args == {
+        "path": hv["bittrader_base_dir"],
+        "user": sids[0],
+        "rights": "FullControl",
+        "type": "allow",
+        "state": "present",
+    }
+    inheritance = find_task("folders.yml", "ansible.windows.win_acl_inheritance")
+    args = task_args(inheritance, "ansible.windows.win_acl_inheritance", hv)
+    assert args == {"path": hv["bittrader_base_dir"], "state": "absent", "reorganize": False}
+
+
+def test_token_is_written_without_logging_and_for_the_user_only(hv: dict[str, Any]) -> None:
+    task = find_task("token.yml", "ansible.windows.win_powershell")
+    assert task["no_log"] is True
+    module = task["ansible.windows.win_powershell"]
+    assert [p["name"] for p in module["sensitive_parameters"]] == ["Token"]
+    assert "Token" not in module["parameters"]
+    slurp = find_task("token.yml", "ansible.builtin.slurp")
+    assert slurp["no_log"] is True
+    script = render(TEMPLATES / "write_token.ps1.j2", hv)
+    assert "SetAccessRuleProtection($true, $false)" in script
+    assert "[System.Security.SecureString]$Token" in script
+    assert "Write-Output" not in script and "Write-Host" not in script
+
+
+def test_account_password_is_never_logged() -> None:
+    for name in sorted(p.name for p in TASKS.glob("*.yml")):
+        for task in load_tasks(name):
+            if "ansible.builtin.assert" in task:  # conditions only: a failed assert shows no value
+                continue
+            text = yaml.safe_dump({k: v for k, v in task.items() if k != "vars"})
+            if "worker_windows_user_password" in text or "head_cluster_token" in text:
+                assert "no_log" in task, f"{name}: {task['name']}"
+
+
+def test_uv_installs_the_pinned_python_into_the_base_folder(hv: dict[str, Any]) -> None:
+    install = next(t for t in load_tasks("python-uv.yml") if t["name"] == "Install the pinned Python with uv")
+    scope = {**hv, "worker_windows__uv_found": {"files": [{"path": r"C:\x\uv.exe"}]}}
+    args = task_args(install, "ansible.windows.win_command", scope)
+    assert args["argv"] == [
+        r"C:\x\uv.exe",
+        "python",
+        "install",
+        hv["bittrader_python_version"],
+        "--no-bin",
+        "--no-registry",
+    ]
+    assert args["creates"] == hv["worker_windows_paths"]["python_marker"]
+    env = template_data(install["environment"], {**scope, **install["vars"]})
+    assert env["UV_PYTHON_INSTALL_DIR"] == hv["bittrader_base_dir"] + "\\python"
+    assert "UV_PYTHON_INSTALL_MIRROR" not in env
+
+
+def test_pip_installs_the_same_pins_as_the_linux_nodes(hv: dict[str, Any]) -> None:
+    scope = {
+        **hv,
+        "bittrader_extra_pip_packages": ["pandas==2.3.3"],
+        "worker_windows_wheelhouse": r"C:\wheels",
+        "worker_windows_pip_extra_args": "--timeout 60",
+    }
+    plan = next(t for t in load_tasks("venv.yml") if t["name"].startswith("Ask pip"))
+    install = next(t for t in load_tasks("venv.yml") if t["name"].startswith("Install the pinned Ray"))
+    plan_argv = task_args(plan, "ansible.windows.win_command", scope)["argv"]
+    install_argv = task_args(install, "ansible.windows.win_command", scope)["argv"]
+    pins = [
+        f"ray[default]=={hv['bittrader_ray_version']}",
+        f"psutil=={hv['bittrader_psutil_version']}",
+        f"numpy=={hv['bittrader_numpy_version']}",
+        "pandas==2.3.3",
+    ]
+    assert install_argv == [
+        hv["bittrader_venv_python"],
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--find-links",
+        r"C:\wheels",
+        "--timeout",
+        "60",
+        *pins,
+    ]
+    assert plan_argv[:5] == install_argv[:5]
+    assert {"--dry-run", "--report", "-"} <= set(plan_argv)
+    assert plan_argv[-4:] == pins
+    linux = (REPO / "roles" / "ray_node" / "tasks" / "venv.yml").read_text(encoding="utf-8")
+    for package in ("ray[default]==", "psutil==", "numpy=="):
+        assert package in linux
+    pending = template_data(
+        install["vars"]["worker_windows__pip_pending"],
+        {**scope, "worker_windows__pip_plan": {"stdout": json.dumps({"install": []})}},
+    )
+    assert pending == []
+
+
+def test_commands_declare_when_they_change_something() -> None:
+    for name in sorted(p.name for p in TASKS.glob("*.yml")):
+        for task in load_tasks(name):
+            if "ansible.windows.win_command" in task:
+                has_creates = "creates" in task["ansible.windows.win_command"]
+                assert "changed_when" in task or has_creates, f"{name}: {task['name']}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Role hygiene: every default documented, the argument spec and the README in step
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_default_is_commented_specified_and_documented() -> None:
+    lines = (ROLE / "defaults" / "main.yml").read_text(encoding="utf-8").splitlines()
+    defaults = yaml.safe_load("\n".join(lines))
+    spec = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))
+    options = spec["argument_specs"]["main"]["options"]
+    readme = (ROLE / "README.md").read_text(encoding="utf-8")
+    for index, line in enumerate(lines):
+        key = line.split(":", 1)[0]
+        if key in defaults:
+            above = index - 1
+            while above >= 0 and re.match(r"^worker_windows_\w+:", lines[above]):
+                above -= 1
+            assert lines[above].startswith("#"), f"{key} has no comment above it"
+    assert all(key.startswith("worker_windows_") for key in defaults)
+    assert sorted(options) == sorted(defaults)
+    for key in defaults:
+        assert f"`{key}`" in readme, f"README.md does not document {key}"
+    for entry in ("throttle", "verify", "uninstall"):
+        for key in spec["argument_specs"][entry]["options"]:
+            assert key in defaults, f"{entry}: {key}"
+    assert options["worker_windows_user_password"].get("no_log") is True
+
+
+def test_site_runs_the_windows_workers_after_the_linux_workers() -> None:
+    plays = yaml.safe_load((REPO / "site.yml").read_text(encoding="utf-8"))
+    hosts = [play.get("hosts") for play in plays]
+    assert hosts.index("workers_windows") == hosts.index("workers_linux") + 1 or (
+        hosts.index("workers_windows") > hosts.index("workers_linux")
+    )
+    play = plays[hosts.index("workers_windows")]
+    assert play["roles"] == [{"role": "worker_windows"}]
+    assert play["gather_facts"] is True
+
+
+def test_defaults_pass_the_argument_specs() -> None:
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8"))
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))["argument_specs"]
+    for entry, spec in specs.items():
+        result = ArgumentSpecValidator(spec["options"]).validate({k: defaults[k] for k in spec["options"]})
+        assert result.error_messages == [], entry
