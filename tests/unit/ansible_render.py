@@ -16,6 +16,19 @@ REPO = Path(__file__).resolve().parents[2]
 _initialised = False
 
 
+def _trusted(value: Any) -> Any:
+    """Mark strings as templates, as Ansible does for role files (values may refer to variables)."""
+    from ansible.template import trust_as_template
+
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, list):
+        return [_trusted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _trusted(v) for k, v in value.items()}
+    return value
+
+
 def role_defaults(*roles: str) -> dict[str, Any]:
     """The merged defaults/main.yml (and vars/main.yml) of the named roles, in order."""
     merged: dict[str, Any] = {}
@@ -23,7 +36,7 @@ def role_defaults(*roles: str) -> dict[str, Any]:
         for part in ("defaults/main.yml", "vars/main.yml"):
             path = REPO / "roles" / role / part
             if path.exists():
-                merged.update(yaml.safe_load(path.read_text()) or {})
+                merged.update(_trusted(yaml.safe_load(path.read_text()) or {}))
     return merged
 
 
@@ -45,3 +58,10 @@ def render(template: str | Path, variables: dict[str, Any]) -> str:
     from ansible.template import trust_as_template
 
     return str(templar.template(trust_as_template(path.read_text())))
+
+
+def render_value(value: Any, variables: dict[str, Any]) -> Any:
+    """Template one variable's value (a role default that may refer to other variables)."""
+    render("roles/bittrader/vars/main.yml", {})  # initialises the plugin loader once
+    loader = DataLoader()
+    return Templar(loader=loader, variables=variables).template(_trusted(value))
