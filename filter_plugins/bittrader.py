@@ -14,6 +14,13 @@ from typing import Any
 _MIN_RAY_FOR_PY313_WINDOWS = (2, 58, 0)
 _LAST_RAY_INTEL_MAC = (2, 49, 2)
 _LAST_RAY_PY39 = (2, 51, 2)
+# macOS release the wheels are built for (PyPI file lists, `pip index versions ray --platform ...`,
+# 2026-11): Apple silicon wheels need macOS 12 from Ray 2.48.0 (macOS 11 stops at 2.47.1); Intel wheels
+# need macOS 12 from Ray 2.47.0 (macOS 10.15/11 stop at 2.46.0).
+_MIN_MACOS = (12,)
+_FIRST_RAY_MACOS12_ARM64 = (2, 48, 0)
+_FIRST_RAY_MACOS12_INTEL = (2, 47, 0)
+_INTEL_MAC_ARCHES = {"x86_64", "amd64", "i386"}
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -50,10 +57,14 @@ def is_loopback(value: object) -> bool:
         return False
 
 
-def ray_wheel_problem(ray_version: str, python_version: str, system: str, machine: str) -> str:
+def ray_wheel_problem(
+    ray_version: str, python_version: str, system: str, machine: str, os_version: str = ""
+) -> str:
     """Why PyPI has no Ray wheel for this platform, or "" when it has one.
 
-    system is Ansible's ansible_system (Linux, Darwin, Win32NT); machine its ansible_architecture.
+    system is Ansible's ansible_system (Linux, Darwin, Win32NT); machine its ansible_architecture;
+    os_version, when given, the OS release (ansible_distribution_version: on macOS "15.2.1"), which
+    decides whether a Mac is new enough for the pinned Ray's wheels.
     """
     ray = _version_tuple(ray_version)
     py = _version_tuple(python_version)[:2]
@@ -66,13 +77,20 @@ def ray_wheel_problem(ray_version: str, python_version: str, system: str, machin
     if py > (3, 14) or (py >= (3, 14) and ray < (2, 52)):
         return f"Ray {ray_version} has no wheel for Python {python_version}"
     if sysname == "darwin":
-        if arch in {"x86_64", "amd64", "i386"} and ray > _LAST_RAY_INTEL_MAC:
+        if arch in _INTEL_MAC_ARCHES and ray > _LAST_RAY_INTEL_MAC:
             return (
                 f"Ray {ray_version} has no wheel for Intel Macs (x86_64): the last is 2.49.2; "
                 "pin bittrader_ray_version to 2.49.2 or older on every node, or leave this Mac out"
             )
-        if arch not in {"arm64", "aarch64", "x86_64", "amd64", "i386"}:
+        if arch not in {"arm64", "aarch64"} | _INTEL_MAC_ARCHES:
             return f"no Ray wheel for macOS on {machine}"
+        macos = _version_tuple(os_version)
+        first_needing_12 = _FIRST_RAY_MACOS12_INTEL if arch in _INTEL_MAC_ARCHES else _FIRST_RAY_MACOS12_ARM64
+        if macos and macos < _MIN_MACOS and ray >= first_needing_12:
+            return (
+                f"Ray {ray_version} has no wheel for macOS {os_version}: its macOS wheels need "
+                "macOS 12 (Monterey) or newer; update this Mac, or leave it out"
+            )
     elif sysname.startswith("win"):
         if arch not in {"64-bit", "x86_64", "amd64"}:
             return f"Ray has Windows wheels for 64-bit x86 only, not {machine}"
