@@ -39,13 +39,22 @@ def wait_cpus(head, want: float, timeout: float) -> float:  # type: ignore[no-un
 
 
 def job_status(head, job: str) -> str:  # type: ignore[no-untyped-def]
+    """SUCCEEDED, FAILED, STOPPED, RUNNING or PENDING, from `ray job status` (it prints
+    "Job 'ID' succeeded" when done, "Status for job 'ID': RUNNING" before)."""
     base = base_dir(HEAD)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{base}/auth_token"}
     res = head.run(as_user([f"{base}/venv/bin/ray", "job", "status", f"--address=http://{IPS[HEAD]}:8265", job], env))
-    for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if word in res.stdout:
-            return word
-    return "UNKNOWN"
+    text = (res.stdout + res.stderr).upper().replace(job.upper(), "")
+    for word, status in (
+        ("SUCCEEDED", "SUCCEEDED"),
+        ("FAILED", "FAILED"),
+        ("STOPPED", "STOPPED"),
+        ("RUNNING", "RUNNING"),
+        ("PENDING", "PENDING"),
+    ):
+        if word in text:
+            return status
+    return "UNKNOWN: " + (res.stdout + res.stderr)[-500:]
 
 
 def test_cpus_follow_activity_while_a_job_runs_and_nothing_is_lost(host) -> None:  # type: ignore[no-untyped-def]
