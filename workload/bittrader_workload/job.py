@@ -317,14 +317,14 @@ def per_node(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cluster_resources() -> tuple[float, int]:
-    """(sum of the CPU resource over alive nodes, number of alive nodes) of the connected cluster."""
-    cpus = 0.0
-    alive = 0
+    """(CPUs the scheduler has over alive nodes, number of alive nodes) of the connected cluster.
+
+    The CPU total comes from ray.cluster_resources(), the scheduler's live view: ray.nodes() keeps the
+    count each node registered with, which a throttled node's in-place resize does not change.
+    """
     nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
-    for node in nodes:
-        if node.get("Alive"):
-            alive += 1
-            cpus += float(node.get("Resources", {}).get("CPU", 0.0))
+    alive = sum(1 for node in nodes if node.get("Alive"))
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
     return cpus, alive
 
 
