@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -16,12 +17,17 @@ sys.path.insert(0, str(REPO / "module_utils"))
 
 from bittrader_cluster import PROBE, parse_probe_output
 
-HEAD = "mol-head"
-WORKERS = ["mol-worker1", "mol-worker2"]
-IPS = {"mol-head": "10.89.77.10", "mol-worker1": "10.89.77.11", "mol-worker2": "10.89.77.12"}
-# mol-worker2 runs the throttle: 1 CPU while its (simulated) owner is active, which is what the
+# Molecule's cluster: mol-head, mol-worker1, mol-worker2 on 10.89.77.0/24. A developer can point the
+# tests at another cluster of the same shape with BITTRADER_TEST_PREFIX and BITTRADER_TEST_NET.
+PREFIX = os.environ.get("BITTRADER_TEST_PREFIX", "mol")
+NET = os.environ.get("BITTRADER_TEST_NET", "10.89.77")
+HEAD = f"{PREFIX}-head"
+WORKERS = [f"{PREFIX}-worker1", f"{PREFIX}-worker2"]
+IPS = {HEAD: f"{NET}.10", WORKERS[0]: f"{NET}.11", WORKERS[1]: f"{NET}.12"}
+# The second worker runs the throttle: 1 CPU while its (simulated) owner is active, which is what the
 # daemon assumes until the tests write the activity file (test_throttle), 2 while idle.
-CPUS = {"mol-head": 0, "mol-worker1": 1, "mol-worker2": 1}
+CPUS = {HEAD: 0, WORKERS[0]: 1, WORKERS[1]: 1}
+ALL_HOSTS = [f"podman://{name}" for name in IPS]
 USER = "bittrader"
 HOME = f"/home/{USER}"
 

@@ -6,7 +6,7 @@ import time
 
 from conftest import CPUS, HEAD, IPS, alive_ips, as_user, base_dir, probe_cluster, wait_for_all_alive
 
-testinfra_hosts = ["podman://mol-head"]
+testinfra_hosts = [f"podman://{HEAD}"]
 
 
 def test_three_alive_nodes_with_their_cpus(host) -> None:  # type: ignore[no-untyped-def]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import HEAD, USER, base_dir
+from conftest import ALL_HOSTS, HEAD, USER, base_dir
 
-testinfra_hosts = ["podman://mol-head", "podman://mol-worker1", "podman://mol-worker2"]
+testinfra_hosts = ALL_HOSTS
 
 NODE_PORTS = [8076, 8077, 8078, 52365, 8080, 8079]
 HEAD_PORTS = [6379, 8265, 10001]

@@ -8,10 +8,10 @@ import subprocess
 import time
 
 import testinfra
-from conftest import HEAD, IPS, REPO, as_user, base_dir, probe_cluster
+from conftest import HEAD, IPS, REPO, WORKERS, as_user, base_dir, probe_cluster
 
-testinfra_hosts = ["podman://mol-head"]
-WORKER = "mol-worker2"
+testinfra_hosts = [f"podman://{HEAD}"]
+WORKER = WORKERS[1]
 ACTIVITY = f"{base_dir(WORKER)}/run/activity"
 
 

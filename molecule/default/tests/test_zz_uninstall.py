@@ -7,9 +7,9 @@ import os
 import re
 import subprocess
 
-from conftest import HEAD, REPO, USER, WORKERS
+from conftest import ALL_HOSTS, HEAD, REPO, USER, WORKERS
 
-testinfra_hosts = ["podman://mol-head", "podman://mol-worker1", "podman://mol-worker2"]
+testinfra_hosts = ALL_HOSTS
 _runs: list[str] = []
 
 
