@@ -6,6 +6,7 @@ The logic is plain Python so that it is unit-tested without Ansible (tests/unit/
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -79,8 +80,8 @@ def ray_wheel_problem(
     if sysname == "darwin":
         if arch in _INTEL_MAC_ARCHES and ray > _LAST_RAY_INTEL_MAC:
             return (
-                f"Ray {ray_version} has no wheel for Intel Macs (x86_64): the last is 2.49.2; "
-                "pin bittrader_ray_version to 2.49.2 or older on every node, or leave this Mac out"
+                f"Ray {ray_version} has no wheel for Intel Macs (x86_64): the last is 2.49.2, older than the "
+                "token authentication (Ray 2.52.0) these roles require; leave this Mac out of the cluster"
             )
         if arch not in {"arm64", "aarch64"} | _INTEL_MAC_ARCHES:
             return f"no Ray wheel for macOS on {machine}"
@@ -123,31 +124,577 @@ def port_list(ports: Mapping[str, int], role: str = "worker") -> list[int]:
     )
 
 
+def firewall_ports(ports: Mapping[str, Any], role: str = "worker") -> dict[str, list[str]]:
+    """Ray's TCP ports on a node of the role, split by who may reach them, as nftables/ufw port specs.
+
+    "cluster": the ports only the cluster's nodes reach (GCS, raylet, object manager, agents, metrics and
+    the worker processes' range); "admin": the ports an administrator reaches too (the head's dashboard and
+    job API, and the Ray Client server).
+    """
+    admin_names = {"dashboard", "client_server"}
+    singles = port_list(ports, role)
+    admin = sorted(int(ports[name]) for name in admin_names if role == "head" and name in ports)
+    cluster = [str(p) for p in singles if p not in admin]
+    cluster.append(f"{int(ports['min_worker'])}-{int(ports['max_worker'])}")
+    return {"cluster": cluster, "admin": [str(p) for p in admin]}
+
+
+def node_addresses(hostvars: Mapping[str, Any], hosts: Iterable[str]) -> dict[str, str]:
+    """Each host's cluster address: the address it advertises (resolved this run), else bittrader_node_ip,
+    else ansible_host when that is an IP address; "" when none is known (for example a host named by DNS
+    that is not part of this run)."""
+    result: dict[str, str] = {}
+    for host in hosts:
+        hv = hostvars[host] if host in hostvars else {}
+        address = ""
+        for key in ("bittrader_advertise_ip", "bittrader_node_ip", "ansible_host"):
+            value = hv.get(key) if hasattr(hv, "get") else None
+            if value and is_ip(value):
+                address = str(value)
+                break
+        result[host] = address
+    return result
+
+
+def ufw_rules(ports: Mapping[str, list[str]], cluster: list[str], admin: list[str]) -> list[dict[str, str]]:
+    """The ufw rules of a node, in order: allows per source and port, then a deny per port."""
+    rules = [{"rule": "allow", "from_ip": src, "port": port} for src in cluster for port in ports["cluster"]]
+    rules += [{"rule": "allow", "from_ip": src, "port": port} for src in admin for port in ports["admin"]]
+    rules += [{"rule": "deny", "from_ip": "any", "port": port} for port in ports["cluster"] + ports["admin"]]
+    return rules
+
+
+_UFW_ADDED = re.compile(
+    r"^ufw (?P<rule>allow|deny|reject)(?: from (?P<src>\S+))? to any port (?P<port>\S+) proto tcp"
+    r" comment '(?P<c>[^']*)'$"
+)
+
+
+def ufw_stale(added: Iterable[str], wanted: Iterable[Mapping[str, str]], comment: str) -> list[dict[str, str]]:
+    """Rules of `ufw show added` that carry our comment but are not wanted any more (to delete)."""
+    want = {(r["rule"], r["from_ip"], r["port"].replace("-", ":")) for r in wanted}
+    stale: list[dict[str, str]] = []
+    for line in added:
+        m = _UFW_ADDED.match(line.strip())
+        if not m or m["c"] != comment:
+            continue
+        key = (m["rule"], m["src"] or "any", m["port"])
+        if key not in want:
+            stale.append({"rule": key[0], "from_ip": key[1], "port": key[2]})
+    return stale
+
+
 def port_problems(ports: Mapping[str, Any]) -> list[str]:
-    """Out-of-range, duplicated or overlapping Ray ports, as messages."""
+    """Out-of-range, duplicated or overlapping Ray ports, as messages that say what to change."""
     problems: list[str] = []
     values: dict[str, int] = {}
     for name, value in ports.items():
         try:
             port = int(value)
         except (TypeError, ValueError):
-            problems.append(f"bittrader_ports.{name}={value!r} is not a number")
+            problems.append(f"bittrader_ports.{name}={value!r} is not a number: give a TCP port in 1024-65535")
             continue
         if not 1024 <= port <= 65535:
-            problems.append(f"bittrader_ports.{name}={port} is outside 1024-65535")
+            problems.append(
+                f"bittrader_ports.{name}={port} is outside 1024-65535: choose a free unprivileged port in that range"
+            )
         values[name] = port
     lo, hi = values.get("min_worker"), values.get("max_worker")
     if lo is not None and hi is not None:
-        if hi - lo < 15:
-            problems.append(f"the worker port range {lo}-{hi} is too small (at least 16 ports)")
+        if hi < lo:
+            problems.append(
+                f"bittrader_ports.min_worker={lo} is above bittrader_ports.max_worker={hi}: swap them "
+                "(the range is min_worker-max_worker)"
+            )
+        elif hi - lo < 15:
+            problems.append(
+                f"the worker port range {lo}-{hi} is too small (at least 16 ports, one per Ray worker process): "
+                f"raise bittrader_ports.max_worker to {lo + 15} or more"
+            )
     singles = {k: v for k, v in values.items() if k not in {"min_worker", "max_worker"}}
     seen: dict[int, str] = {}
     for name, port in singles.items():
         if port in seen:
-            problems.append(f"bittrader_ports.{name} and bittrader_ports.{seen[port]} are both {port}")
+            problems.append(
+                f"bittrader_ports.{name} and bittrader_ports.{seen[port]} are both {port}: give each its own port"
+            )
         seen[port] = name
         if lo is not None and hi is not None and lo <= port <= hi:
-            problems.append(f"bittrader_ports.{name}={port} lies inside the worker port range {lo}-{hi}")
+            problems.append(
+                f"bittrader_ports.{name}={port} lies inside the worker port range {lo}-{hi}: move it out of the "
+                "range, or move the range (min_worker/max_worker)"
+            )
+    return problems
+
+
+# --- Checks of each host's variables against its facts, before any host changes (validate.yml) ---
+
+# Ray releases these roles can run. Token authentication (RAY_AUTH_MODE=token, which every node, job and
+# client here uses) exists from Ray 2.52.0 (docs.ray.io, "Ray token authentication"): an older Ray ignores
+# it and would run the cluster without authentication. 2.60.0 is the newest release on PyPI when these
+# roles were written and tested (2026-11-04); raise it after checking a newer release with these roles.
+_FIRST_RAY_WITH_TOKEN_AUTH = (2, 52, 0)
+_NEWEST_KNOWN_RAY = (2, 60, 0)
+# The OS each inventory group's role is for (ansible_facts.system), as site.yml applies them.
+_GROUP_SYSTEMS = {"workers_linux": ("Linux",), "workers_macos": ("Darwin",), "workers_windows": ("Win32NT",)}
+_HEAD_SYSTEMS = ("Linux", "Darwin")
+_SYSTEM_NAMES = {"Linux": "Linux", "Darwin": "macOS", "Win32NT": "Windows"}
+_PRIVILEGED_USERS = {"root", "administrator", "system"}
+_MIN_OBJECT_STORE = 78643200  # 75 MiB, Ray's minimum
+_PIP_NAME = r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[A-Za-z0-9,._ -]*\])?\s*"
+_PIP_PIN = re.compile(_PIP_NAME + r"==\s*(?P<version>[^=<>~!;\s]+)$")
+_PIP_URL = re.compile(_PIP_NAME + r"@\s*\S+$")
+# The throttle daemon's policy keys and the variables they come from (roles/ray_node/tasks/throttle.yml).
+_THROTTLE_VARIABLES = {
+    "cpus_active": "bittrader_throttle_cpus_active",
+    "cpus_idle": "bittrader_num_cpus",
+    "idle_threshold_s": "bittrader_throttle_idle_threshold_s",
+    "battery_policy": "bittrader_throttle_battery_policy",
+    "hysteresis_s": "bittrader_throttle_hysteresis_s",
+    "load_guard": "bittrader_throttle_load_guard",
+    "activity_source": "bittrader_throttle_activity_source",
+    "activity_file": "bittrader_throttle_activity_file",
+}
+_THROTTLE_INTS = {"cpus_active", "cpus_idle"}
+_THROTTLE_FLOATS = {"idle_threshold_s", "hysteresis_s", "load_guard"}
+
+
+def _blank(value: object) -> bool:
+    return value is None or str(value).strip() == ""
+
+
+def _whole(value: object) -> int | None:
+    """value as a whole number >= 0 (int or digit string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    text = str(value).strip()
+    return int(text) if text.isdigit() else None
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def ray_version_problem(version: object) -> str:
+    """Why bittrader_ray_version cannot be installed by these roles, or ""."""
+    text = str(version).strip()
+    if not re.fullmatch(r"\d+\.\d+\.\d+", text):
+        return (
+            f"bittrader_ray_version '{text}' is not an exact release such as 2.60.0: every node must run the "
+            "same Ray release"
+        )
+    ray = _version_tuple(text)
+    first = ".".join(map(str, _FIRST_RAY_WITH_TOKEN_AUTH))
+    newest = ".".join(map(str, _NEWEST_KNOWN_RAY))
+    if ray < _FIRST_RAY_WITH_TOKEN_AUTH:
+        return (
+            f"bittrader_ray_version {text} has no token authentication (Ray {first} and newer have it), so the "
+            f"cluster would accept anyone's jobs: pin Ray {first} or newer ({newest} is tested)"
+        )
+    if ray > _NEWEST_KNOWN_RAY:
+        return (
+            f"bittrader_ray_version {text} is not a Ray release these roles know (the newest is {newest}): pin a "
+            f"published release (`pip index versions ray` lists them); for a newer Ray, check it with these roles, "
+            "then raise _NEWEST_KNOWN_RAY in filter_plugins/bittrader.py"
+        )
+    return ""
+
+
+def cidr_problem(cidr: object, variable: str = "bittrader_cluster_cidr") -> str:
+    """Why cidr cannot be the range allowed to reach Ray's ports, or ""."""
+    text = str(cidr).strip()
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return (
+            f"{variable} '{text}' is not an address range: write NETWORK/PREFIX, for example 192.168.1.0/24 "
+            "(your LAN) or 100.64.0.0/10 (Tailscale)"
+        )
+    if "/" not in text:
+        return f"{variable} '{text}' has no prefix length: write NETWORK/PREFIX, for example {net.network_address}/24"
+    too_wide = net.prefixlen == 0 or (net.is_global if net.version == 4 else net.is_global and net.prefixlen < 48)
+    if too_wide:
+        return (
+            f"{variable} {text} includes public internet addresses, and every Ray port would be opened to them "
+            "(Ray runs any job it receives): use your LAN's private range (for example 192.168.1.0/24) or "
+            "Tailscale's 100.64.0.0/10"
+        )
+    return ""
+
+
+def duplicate_addresses(addresses: Mapping[str, object], host: str | None = None) -> list[str]:
+    """Messages naming hosts that advertise the same address (host -> address; "" is ignored); with
+    host, only the clash that host is part of, told from its side."""
+    by_ip: dict[str, list[str]] = {}
+    for name, ip in addresses.items():
+        if ip:
+            by_ip.setdefault(str(ip), []).append(str(name))
+    problems: list[str] = []
+    for ip, names in by_ip.items():
+        if len(names) < 2:
+            continue
+        if host is None:
+            problems.append(
+                f"{' and '.join(names)} advertise the same address {ip}: every node needs its own; fix "
+                f"ansible_host or bittrader_node_ip of {', '.join(names[1:])}"
+            )
+        elif host in names:
+            others = [n for n in names if n != host]
+            problems.append(
+                f"{host} advertises {ip}, the address of {' and '.join(others)} too: every node needs its own; "
+                f"fix ansible_host or bittrader_node_ip of one of them"
+            )
+    return problems
+
+
+def pip_problems(packages: object, pins: Mapping[str, object]) -> list[str]:
+    """Unpinned extra pip packages, and ones that contradict the cluster's own pins (name -> version)."""
+    if not isinstance(packages, list | tuple):
+        return [f"bittrader_extra_pip_packages must be a list of pinned requirements, got {packages!r}"]
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    problems: list[str] = []
+    seen: dict[str, str] = {norm(k): str(v) for k, v in pins.items()}
+    owner = {norm(k): f"bittrader_{norm(k)}_version" for k in pins}
+    for item in packages:
+        text = str(item).strip()
+        pin, url = _PIP_PIN.match(text), _PIP_URL.match(text)
+        match = pin or url
+        if match is None:
+            problems.append(
+                f"bittrader_extra_pip_packages entry '{text}' is not pinned: write NAME==VERSION (for example "
+                "pandas==2.3.3) so that every node installs the same release"
+            )
+            continue
+        name = norm(match["name"])
+        version = pin["version"] if pin else text
+        if name in seen and seen[name] != version:
+            where = owner.get(name, "its other entry in bittrader_extra_pip_packages")
+            problems.append(
+                f"bittrader_extra_pip_packages entry '{text}' contradicts {where} ({seen[name]}): pip cannot "
+                f"install both; keep one version"
+            )
+        seen.setdefault(name, version)
+        owner.setdefault(name, f"the entry '{text}'")
+    return problems
+
+
+def _throttle_value(key: str, value: object) -> object:
+    """A throttle variable as the ray_throttle_daemon module's argument spec would convert it."""
+    if isinstance(value, str) and key in _THROTTLE_INTS | _THROTTLE_FLOATS:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+        return int(number) if key in _THROTTLE_INTS and number.is_integer() else number
+    return value
+
+
+def throttle_problems(policy: Mapping[str, Any], system: object) -> list[str]:
+    """The throttle daemon's own policy checks (module_utils/bittrader_throttle.py), in variable names."""
+    import importlib
+    from pathlib import Path
+
+    import ansible.module_utils
+
+    extra = str(Path(__file__).resolve().parent.parent / "module_utils")
+    if extra not in list(ansible.module_utils.__path__):
+        ansible.module_utils.__path__.append(extra)
+    throttle = importlib.import_module("ansible.module_utils.bittrader_throttle")
+    platform_name = {"darwin": "darwin", "linux": "linux"}.get(str(system).lower(), "windows")
+    clean = {k: _throttle_value(k, v) for k, v in policy.items() if k in _THROTTLE_VARIABLES and not _blank(v)}
+    base = "/srv/bittrader"
+    config = throttle.build_config(
+        platform_name,
+        policy=clean,
+        paths={"log_file": f"{base}/throttle.log", "status_file": f"{base}/s.json", "num_cpus_file": f"{base}/n"},
+        ray={
+            "venv": f"{base}/venv",
+            "head_address": "127.0.0.1:6379",
+            "node_ip": "127.0.0.1",
+            "unit": "bittrader-ray-worker.service",
+        },
+    )
+    problems: list[str] = []
+    for error in throttle.validate(config):
+        if not error.startswith("policy."):
+            continue
+        text = re.sub(r"policy\.(\w+)", lambda m: _THROTTLE_VARIABLES.get(m[1], m[0]), error)
+        problems.append(f"{text}: fix it for this host or set bittrader_throttle_enabled: false")
+    return problems
+
+
+def _group_problems(s: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
+    head_group = str(s.get("head_group", "ray_head"))
+    node_groups = [head_group, *[str(g) for g in s.get("worker_groups", [])]]
+    mine = [g for g in node_groups if g in (s.get("groups") or [])]
+    host = s.get("host", "this host")
+    if not mine:
+        return [
+            f"{host} is in none of the groups {', '.join(node_groups)}: put it in the group of its operating "
+            "system (or remove it from ray_cluster)"
+        ]
+    if len(mine) > 1:
+        return [
+            f"{host} is in {' and '.join(mine)}: a host runs one Ray node, so it belongs to exactly one of "
+            f"{', '.join(node_groups)}"
+        ]
+    system = facts.get("system")
+    if not system:
+        return []
+    wanted = _HEAD_SYSTEMS if mine[0] == head_group else _GROUP_SYSTEMS.get(mine[0])
+    if wanted is None or system in wanted:
+        return []
+    release = f"{facts.get('distribution', '')} {facts.get('distribution_version', '')}".strip()
+    runs = f"{_SYSTEM_NAMES.get(str(system), system)}" + (f" ({release})" if release else "")
+    if mine[0] == head_group:
+        return [f"{host} is the head but runs {runs}: the head runs on Linux or macOS; choose another head"]
+    right = [g for g, systems in _GROUP_SYSTEMS.items() if system in systems]
+    return [
+        f"{host} is in {mine[0]} but runs {runs}: move it to {right[0] if right else 'the group of its OS'}"
+    ]
+
+
+def _resource_problems(s: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    is_head = s.get("head_group") in (s.get("groups") or [])
+    cpus = s.get("num_cpus")
+    vcpus = _whole(facts.get("processor_vcpus"))
+    if not _blank(cpus):
+        n = _whole(cpus)
+        if n is None:
+            problems.append(
+                f"bittrader_num_cpus must be empty (all CPUs) or a whole number of CPUs, got {cpus!r}: "
+                f"set it to 1..{vcpus or 'its CPU count'} or leave it empty"
+            )
+        elif n == 0 and not is_head:
+            problems.append(
+                "bittrader_num_cpus is 0 on a worker, which would give Ray no CPU to run tasks on (0 is for the "
+                f"head only): set 1..{vcpus or 'its CPU count'} or leave it empty for all CPUs"
+            )
+        elif vcpus and n > vcpus:
+            problems.append(
+                f"bittrader_num_cpus is {n} but this host has {vcpus} logical CPUs: set at most {vcpus}, or leave "
+                "it empty for all of them"
+            )
+    store = s.get("object_store_memory")
+    if not _blank(store):
+        n = _whole(store)
+        mem_mb = _whole(facts.get("memtotal_mb"))
+        if n is None:
+            problems.append(
+                f"bittrader_object_store_memory must be empty (Ray's default) or a number of bytes, got {store!r}: "
+                "for example 268435456 (256 MiB)"
+            )
+        elif n < _MIN_OBJECT_STORE:
+            problems.append(
+                f"bittrader_object_store_memory is {n} bytes, below Ray's minimum of {_MIN_OBJECT_STORE} (75 MiB): "
+                "raise it or leave it empty"
+            )
+        elif mem_mb and n >= mem_mb * 2**20:
+            problems.append(
+                f"bittrader_object_store_memory is {_gib(n)} but this host has {_gib(mem_mb * 2**20)} of memory: "
+                "set a fraction of it (Ray's default is 30%) or leave it empty"
+            )
+    return problems
+
+
+def _network_problems(s: Mapping[str, Any]) -> list[str]:
+    mode = s.get("network_mode")
+    cidr = str(s.get("cluster_cidr") or "").strip()
+    problems: list[str] = []
+    if mode == "lan" and not cidr:
+        problems.append(
+            "bittrader_network_mode is lan but bittrader_cluster_cidr is empty: set it to your LAN's range, for "
+            "example 192.168.1.0/24 (it decides who may reach Ray's ports)"
+        )
+    elif cidr:
+        problem = cidr_problem(cidr)
+        if problem:
+            problems.append(problem)
+    node_ip = str(s.get("node_ip") or "").strip()
+    if node_ip and not is_ip(node_ip):
+        problems.append(
+            f"bittrader_node_ip '{node_ip}' is not an IP address: set this host's "
+            f"{'Tailscale IP (tailscale ip -4)' if mode == 'tailscale' else 'LAN IP'}, or leave it empty"
+        )
+    elif node_ip and is_loopback(node_ip):
+        problems.append(
+            f"bittrader_node_ip {node_ip} is a loopback address, which no other node can reach (and Ray replaces "
+            f"it): set this host's {'Tailscale' if mode == 'tailscale' else 'LAN'} IP, or leave it empty"
+        )
+    return problems
+
+
+def _pin_problems(s: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    ray, python = str(s.get("ray_version", "")).strip(), str(s.get("python_version", "")).strip()
+    ray_problem = ray_version_problem(ray)
+    if ray_problem:
+        problems.append(ray_problem)
+    if not re.fullmatch(r"3\.\d+\.\d+", python):
+        problems.append(
+            f"bittrader_python_version '{python}' is not an exact Python 3 release such as 3.12.12: Ray refuses "
+            "nodes whose Python patch release differs"
+        )
+    elif not ray_problem and facts.get("system"):
+        wheel = ray_wheel_problem(
+            ray,
+            python,
+            str(facts.get("system")),
+            str(facts.get("architecture2") or facts.get("architecture") or ""),
+            str(facts.get("distribution_version") or ""),
+        )
+        if wheel:
+            problems.append(
+                f"{wheel} (bittrader_ray_version {ray}, bittrader_python_version {python}): pin a pair with a wheel "
+                "for every node"
+            )
+    head: Mapping[str, Any] = s.get("head") or {}
+    if head and head.get("host") != s.get("host"):
+        for key, what in (("ray_version", "Ray"), ("python_version", "Python")):
+            mine, theirs = str(s.get(key, "")).strip(), str(head.get(key, "")).strip()
+            if theirs and mine != theirs:
+                problems.append(
+                    f"bittrader_{key} is {mine} here but {theirs} on the head {head.get('host')}: Ray refuses a "
+                    f"node whose {what} release differs; set it once for the whole cluster "
+                    "(group_vars/ray_cluster.yml), not per host"
+                )
+        ports, head_ports = s.get("ports") or {}, head.get("ports") or {}
+        differ = sorted(k for k in set(ports) | set(head_ports) if str(ports.get(k)) != str(head_ports.get(k)))
+        if head_ports and differ:
+            detail = ", ".join(f"{k} {ports.get(k)} here, {head_ports.get(k)} on the head" for k in differ)
+            problems.append(
+                f"bittrader_ports differ from the head {head.get('host')}'s ({detail}): every node uses the same "
+                "ports; set bittrader_ports once for the whole cluster"
+            )
+    return problems
+
+
+def host_problems(settings: Mapping[str, Any], facts: Mapping[str, Any] | None = None) -> list[str]:
+    """Every problem of one host's cluster variables, checked against its facts and the head's pins.
+
+    settings: host, groups (group_names), head_group, worker_groups, ray_version, python_version,
+    network_mode, cluster_cidr, node_ip, num_cpus, object_store_memory, ports, user, extra_pip_packages,
+    psutil_version, numpy_version, throttle_enabled, throttle (policy: cpus_active, idle_threshold_s,
+    battery_policy, hysteresis_s, load_guard, activity_source, activity_file), head (host, ray_version,
+    python_version, ports: the head's values). facts: the host's ansible_facts (may be empty).
+    Each message names the variable and what to set instead.
+    """
+    s, f = settings, facts or {}
+    problems = _group_problems(s, f) + _pin_problems(s, f)
+    problems += port_problems(s.get("ports") or {})
+    problems += _network_problems(s) + _resource_problems(s, f)
+    user = str(s.get("user") or "").strip()
+    if not user or user.lower() in _PRIVILEGED_USERS:
+        problems.append(
+            f"bittrader_user must be an ordinary account, never '{user}': Ray runs any job it receives, so it "
+            "must not run as an administrator; keep the default bittrader (or the Mac owner's account)"
+        )
+    elif f.get("system") == "Linux" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", user):
+        problems.append(
+            f"bittrader_user '{user}' is not a valid Linux user name (letters, digits, _ . -, at most 32, not "
+            "starting with a digit or -): keep the default bittrader"
+        )
+    pins = {"ray": s.get("ray_version"), "psutil": s.get("psutil_version"), "numpy": s.get("numpy_version")}
+    problems += pip_problems(s.get("extra_pip_packages", []), {k: v for k, v in pins.items() if not _blank(v)})
+    if s.get("throttle_enabled") in (True, "true", "True", "yes", 1):
+        policy = dict(s.get("throttle") or {})
+        vcpus = _whole(f.get("processor_vcpus"))
+        policy["cpus_idle"] = s.get("num_cpus") if not _blank(s.get("num_cpus")) else vcpus
+        problems += throttle_problems(policy, f.get("system", "Linux"))
+    return problems
+
+
+def busy_ports(listening: Iterable[Any], ports: Mapping[str, Any], role: str, user: str) -> list[str]:
+    """Ray ports of a node of the role that another program listens on (listening: [port, user] pairs from
+    roles/bittrader/files/node_probe.py; Ray's own processes run as user and are not counted)."""
+    names: dict[int, str] = {}
+    for name, value in ports.items():
+        if name in {"min_worker", "max_worker"} or (role != "head" and name in {"gcs", "client_server", "dashboard"}):
+            continue
+        try:
+            names[int(value)] = f"bittrader_ports.{name}"
+        except (TypeError, ValueError):
+            continue
+    try:
+        lo, hi = int(ports["min_worker"]), int(ports["max_worker"])
+    except (KeyError, TypeError, ValueError):
+        lo, hi = 1, 0
+    taken: dict[int, str] = {}
+    for entry in listening or []:
+        try:
+            port, owner = int(entry[0]), str(entry[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if owner != str(user):
+            taken.setdefault(port, owner)
+    problems = [
+        f"port {port} ({names[port]}) is already in use by another program (user {taken[port]}): stop that "
+        f"program, or set {names[port]} to a free port"
+        for port in sorted(taken)
+        if port in names
+    ]
+    in_range = sorted(p for p in taken if lo <= p <= hi)
+    if in_range:
+        problems.append(
+            f"{len(in_range)} port(s) of the worker port range {lo}-{hi} are in use by other programs "
+            f"({', '.join(map(str, in_range[:5]))}): move bittrader_ports.min_worker/max_worker to a free range"
+        )
+    return problems
+
+
+def preflight_problems(found: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
+    """What the read of a host (roles/bittrader/files/node_probe.py's JSON, found) says it cannot run.
+
+    s: python_source, python_version, system_python, system (ansible_facts.system), user, account (the
+    user's passwd entry [password, uid, gid, gecos, home, shell], or None), object_store_memory, ports,
+    role (head or worker), head_host, head_token_missing (a --limit run found no token on the head),
+    head_token_file.
+    """
+    problems: list[str] = []
+    python = str(found.get("python") or "")
+    if s.get("python_source") == "system" and not python:
+        problems.append(
+            f"{s.get('system_python')} did not run here: install Python {s.get('python_version')} there and point "
+            "bittrader_system_python at it, or set bittrader_python_source: uv"
+        )
+    elif s.get("python_source") == "system" and python != str(s.get("python_version")):
+        problems.append(
+            f"{s.get('system_python')} is Python {python}, not the pinned {s.get('python_version')}: pin "
+            "bittrader_python_version to the release every node has, or set bittrader_python_source: uv (the same "
+            "build everywhere)"
+        )
+    account = s.get("account")
+    uid = _whole(account[1]) if isinstance(account, list | tuple) and len(account) > 1 else None
+    user = s.get("user")
+    if uid == 0:
+        problems.append(
+            f"bittrader_user {user} has uid 0 (root) here: Ray must run as an ordinary account; choose another user "
+            "(the default is bittrader)"
+        )
+    elif uid is not None and uid < 1000 and s.get("system") == "Linux":
+        problems.append(
+            f"bittrader_user {user} is a system account here (uid {uid}): the role would take it over (its shell, "
+            "its home); choose a new name such as bittrader"
+        )
+    store, shm = _whole(s.get("object_store_memory")), _whole(found.get("shm_bytes"))
+    if store is not None and shm is not None and store > shm:
+        problems.append(
+            f"bittrader_object_store_memory is {store} bytes but /dev/shm here holds only {shm} bytes, and Ray "
+            f"refuses to start: set it to at most {shm}, or give the host a bigger /dev/shm"
+        )
+    problems += busy_ports(found.get("listening") or [], s.get("ports") or {}, str(s.get("role")), str(user))
+    if s.get("role") == "worker" and s.get("head_token_missing"):
+        head = s.get("head_host")
+        problems.append(
+            f"the head {head} has no auth token yet ({s.get('head_token_file')}), so this worker could not join: "
+            f"provision the head first (ansible-playbook site.yml --limit {head}), then run this --limit again"
+        )
     return problems
 
 
@@ -163,4 +710,14 @@ class FilterModule:
             "bittrader_text_table": text_table,
             "bittrader_port_list": port_list,
             "bittrader_port_problems": port_problems,
+            "bittrader_host_problems": host_problems,
+            "bittrader_ray_version_problem": ray_version_problem,
+            "bittrader_cidr_problem": cidr_problem,
+            "bittrader_duplicate_addresses": duplicate_addresses,
+            "bittrader_busy_ports": busy_ports,
+            "bittrader_preflight_problems": preflight_problems,
+            "bittrader_firewall_ports": firewall_ports,
+            "bittrader_node_addresses": node_addresses,
+            "bittrader_ufw_rules": ufw_rules,
+            "bittrader_ufw_stale": ufw_stale,
         }
