@@ -33,6 +33,9 @@ case "$FAKE_MODE" in
   raylet) ln -sf "$(command -v sleep)" "$FAKE_DIR/raylet"
           "$FAKE_DIR/raylet" 300 & echo $! > "$FAKE_DIR/raylet.pid"; wait ;;
   block) exec sleep 300 ;;
+  hang) ln -sf "$(command -v sleep)" "$FAKE_DIR/raylet"
+        "$FAKE_DIR/raylet" 300 & echo $! > "$FAKE_DIR/raylet.pid"
+        trap '' TERM; while :; do sleep 1; done ;;
 esac
 """
 
@@ -149,6 +152,39 @@ def test_a_log_write_failure_is_reported_once(tmp_path: Path, capsys: pytest.Cap
     assert capsys.readouterr().err.count("cannot write the log file") == 1
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_logging_resumes_by_itself_once_the_log_can_be_written_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk (/dev/full) or an unwritable file at start: reported once; when the file is writable
+    again the next line lands in it, without a restart (the fault suite's log test checks it live)."""
+    full = tmp_path / "full.log"
+    full.symlink_to("/dev/full")
+    logger = node.file_logger("t.full", str(full), 1024 * 1024, 1)
+    assert logger is not None
+    logger.info("lost one")
+    logger.info("lost two")
+    full.unlink()
+    logger.info("back")
+    assert full.read_text().splitlines()[-1].endswith(" back")
+    err = capsys.readouterr().err
+    assert err.count("cannot write the log file") == 1 and "No space left on device" in err
+    assert "writable again" in err
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the log folder should be")
+    path = blocked / "worker.log"
+    logger = node.file_logger("t.blocked", str(path), 1024 * 1024, 1)
+    assert logger is not None  # Ray starts and the file is tried again at each line
+    logger.info("lost")
+    blocked.unlink()
+    blocked.mkdir()
+    logger.info("back")
+    assert path.read_text().splitlines() and path.read_text().splitlines()[-1].endswith(" back")
+    err = capsys.readouterr().err
+    assert err.count("cannot write the log file") == 1 and "writable again" in err
+
+
 def test_watchdog_restarts_ray_when_the_raylet_exits_cleanly(tmp_path: Path) -> None:
     pytest.importorskip("psutil")
     config = make_config(tmp_path, "raylet")
@@ -165,6 +201,26 @@ def test_watchdog_restarts_ray_when_the_raylet_exits_cleanly(tmp_path: Path) -> 
     assert not runner.is_alive()
     assert result["code"] == 1
     print(f"watchdog restart after {time.monotonic() - started:.1f} s")
+
+
+def test_watchdog_kills_a_ray_start_that_ignores_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on a loaded machine: the raylet died during startup and `ray start` hung, ignoring SIGTERM."""
+    pytest.importorskip("psutil")
+    monkeypatch.setattr(node, "KILL_AFTER_S", 3.0)
+    config = make_config(tmp_path, "hang")
+    result: dict[str, int] = {}
+    runner = threading.Thread(target=lambda: result.update(code=node.run_once(config)))
+    started = time.monotonic()
+    runner.start()
+    pid_file = tmp_path / "raylet.pid"
+    while not pid_file.exists() and time.monotonic() - started < 10:
+        time.sleep(0.1)
+    time.sleep(node.WATCH_INTERVAL_S + 0.5)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the supervisor is stuck on a ray start that ignores SIGTERM"
+    assert result["code"] != 0
+    print(f"hung ray start killed; supervisor returned after {time.monotonic() - started:.1f} s")
 
 
 def test_loop_mode_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,10 +32,31 @@ from typing import Any, TextIO
 QUICK_FAILURE_S = 60.0
 EX_CONFIG = 78
 WATCH_INTERVAL_S = 2.0
+# Seconds `ray start` gets to exit after the watchdog's SIGTERM before it is killed.
+KILL_AFTER_S = 20.0
 # `ray start --block` exits only when a Ray subprocess dies with an unexpected code: a raylet that
 # exits cleanly (after a drain, or when the GCS marked it dead) leaves it blocking for ever. The
 # supervisor watches these processes itself and restarts Ray when one has gone.
 CRITICAL = {"head": ("gcs_server", "raylet"), "worker": ("raylet",)}
+
+
+def hold_path(config: dict[str, Any]) -> Path:
+    """RUN/hold (next to the state file): while it exists Ray is not started again. remove_worker.yml
+    writes it before it drains the node, so the raylet that leaves after the drain does not rejoin
+    before the service is stopped; it removes it once the service is stopped and disabled."""
+    return Path(config["state_file"]).parent / "hold"
+
+
+def wait_while_held(path: Path, poll_s: float = 2.0) -> bool:
+    """Block while the hold file exists; True when it waited."""
+    if not path.exists():
+        return False
+    print(f"bittrader-node: {path} exists (the node is being removed from the cluster): "
+          "not starting Ray until it is gone", flush=True)
+    while path.exists():
+        time.sleep(poll_s)
+    print(f"bittrader-node: {path} is gone; starting Ray", flush=True)
+    return True
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -107,21 +128,39 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
 
 class LogFile(logging.handlers.RotatingFileHandler):
     """A rotated log file that reports a write failure (full disk, lost permission) once, clearly,
-    on stderr and goes on: Ray must not stop because its log cannot be written."""
+    on stderr and goes on: Ray must not stop because its log cannot be written. After a failure the
+    file is opened again at the next line, so logging resumes by itself (and says so on stderr) once
+    the file can be written again."""
 
     reported = False
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.failed = False
+        super().emit(record)
+        if self.reported and not self.failed:
+            self.reported = False
+            print(f"bittrader-node: the log file {self.baseFilename} is writable again", file=sys.stderr, flush=True)
 
     def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+        error = sys.exc_info()[1]
+        stream, self.stream = self.stream, None  # type: ignore[assignment]
+        if stream is not None:
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass  # its buffered lines are lost with the failed write
         if not self.reported:
             self.reported = True
-            error = sys.exc_info()[1]
             print(f"bittrader-node: ERROR: cannot write the log file {self.baseFilename}: {error}. "
-                  "Ray keeps running; its output goes to the service manager's log only.",
-                  file=sys.stderr, flush=True)
+                  "Ray keeps running; its output goes to the service manager's log only until the file "
+                  "can be written again.", file=sys.stderr, flush=True)
 
 
 def file_logger(name: str, path: str, max_bytes: int, backups: int) -> logging.Logger | None:
-    """A size-rotated file logger, or None (with a clear message) when the file cannot be written."""
+    """A size-rotated file logger; when the file cannot be written, a clear message and a logger that
+    tries the file again at each line."""
     logger = logging.getLogger(name)
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -134,11 +173,13 @@ def file_logger(name: str, path: str, max_bytes: int, backups: int) -> logging.L
     except OSError as exc:
         print(
             f"bittrader-node: ERROR: cannot write the log file {path}: {exc}. "
-            "Ray keeps running; its output goes to the service manager's log only.",
+            "Ray keeps running; its output goes to the service manager's log only until the file "
+            "can be written again.",
             file=sys.stderr,
             flush=True,
         )
-        return None
+        handler = LogFile(path, maxBytes=max_bytes, backupCount=backups, delay=True)
+        handler.reported = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(handler)
     return logger
@@ -175,8 +216,9 @@ def critical_gone(pid: int, names: tuple[str, ...], seen: set[str]) -> str | Non
 
 
 def watch(child: subprocess.Popen[str], names: tuple[str, ...], stopping: threading.Event,
-          fired: threading.Event, interval: float = WATCH_INTERVAL_S) -> None:
-    """Terminate `ray start` when a critical process it started is gone twice in a row."""
+          fired: threading.Event, interval: float = WATCH_INTERVAL_S, kill_after: float | None = None) -> None:
+    """Terminate `ray start` when a critical process it started is gone twice in a row (and kill it
+    when it does not exit within kill_after seconds)."""
     seen: set[str] = set()
     strikes = 0
     while child.poll() is None and not stopping.is_set():
@@ -186,6 +228,16 @@ def watch(child: subprocess.Popen[str], names: tuple[str, ...], stopping: thread
             print(f"bittrader-node: {gone} has exited; restarting Ray", file=sys.stderr, flush=True)
             fired.set()
             child.terminate()
+            # `ray start` that failed during startup ("timed out during startup") can hang in its
+            # shutdown and ignore SIGTERM: then the service would stay down for ever.
+            kill_after = KILL_AFTER_S if kill_after is None else kill_after
+            deadline = time.monotonic() + kill_after
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if child.poll() is None:
+                print(f"bittrader-node: ray start ignored SIGTERM for {kill_after:.0f} s; killing it",
+                      file=sys.stderr, flush=True)
+                child.kill()
             return
         time.sleep(interval)
 
@@ -215,6 +267,7 @@ def stop_stale(config: dict[str, Any], env: dict[str, str], log: logging.Logger 
 
 def run_once(config: dict[str, Any]) -> int:
     """One supervised life of Ray: returns Ray's exit code (0 after a requested stop)."""
+    wait_while_held(hold_path(config))
     state_path = Path(config["state_file"])
     state = read_state(state_path)
     delay = backoff_delay(state, float(config.get("restart_delay_s", 5)), float(config.get("restart_max_delay_s", 60)))
@@ -282,7 +335,8 @@ def run_once(config: dict[str, Any]) -> int:
 
 def status(config: dict[str, Any]) -> int:
     state = read_state(Path(config["state_file"]))
-    print(json.dumps({"node": config.get("node"), "role": config.get("role"), **state}, sort_keys=True))
+    print(json.dumps({"node": config.get("node"), "role": config.get("role"), "held": hold_path(config).exists(),
+                      **state}, sort_keys=True))
     return 0
 
 
