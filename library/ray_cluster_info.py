@@ -10,7 +10,9 @@ short_description: Read a Ray cluster's nodes and check them against what the in
 description:
   - Connects to the Ray cluster at I(address) with the cluster's auth token, using the Python of the
     node's Ray virtual environment, and returns every node (alive, address, hostname, CPUs, memory,
-    object store) and, with I(probe_tasks), the Ray and Python versions a task saw on each alive node.
+    object store) and, with I(probe_tasks), the Ray and Python versions a task saw on each alive node,
+    and the strategy code it sees (C(bittrader_code_mode) - the commit of a git checkout, a fingerprint
+    of a synced folder's files, or nothing when each job ships its code).
   - With I(expected_nodes), waits up to I(wait_timeout) seconds until every expected node is alive
     with its CPUs and the cluster has at least I(min_total_cpus) CPUs; fails otherwise, naming the
     missing or dead hosts and the CPU shortfall.
@@ -30,7 +32,11 @@ options:
     description: File holding the cluster's auth token; passed to Ray as C(RAY_AUTH_TOKEN_PATH), never read here.
     type: path
   expected_nodes:
-    description: Nodes the inventory expects, each with C(name), C(ip) and optionally C(cpus).
+    description:
+      - Nodes the inventory expects, each with C(name), C(ip) and optionally C(cpus) and C(code)
+        (C(mode) working_dir, folder or git, and for git the pinned commit as C(version)).
+      - With I(probe_tasks), a node whose code differs fails the check; synced folders whose files
+        differ between nodes give a warning.
     type: list
     elements: dict
     default: []
@@ -69,7 +75,7 @@ EXAMPLES = r"""
     token_file: "{{ bittrader_token_file }}"
     expected_nodes:
       - {name: head, ip: 100.77.179.14, cpus: 0}
-      - {name: air, ip: 100.77.179.15}
+      - {name: air, ip: 100.77.179.15, code: {mode: folder}}
     min_total_cpus: 10
     ray_version: 2.60.0
     python_version: 3.12.12
@@ -88,9 +94,10 @@ nodes:
   type: list
   elements: dict
   sample: [{node_id: "a1b2", alive: true, ip: "100.77.179.14", hostname: head, cpus: 0, memory: 8.5e9,
-            object_store_memory: 2.1e9, is_head: true, task: {ray: 2.60.0, python: 3.12.12}}]
+            object_store_memory: 2.1e9, is_head: true,
+            task: {ray: 2.60.0, python: 3.12.12, code: {mode: git, commit: 0a1b2c..., on_path: true}}}]
 rows:
-  description: One row per expected host (host, ip, state, cpus, memory_gb, object_store_gb, ray, python).
+  description: One row per expected host (host, ip, state, cpus, memory_gb, object_store_gb, ray, python, code).
   returned: always
   type: list
   elements: dict

@@ -3,15 +3,122 @@ of what the cluster reports with what the inventory expects. Pure Python, unit-t
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
 MARKER = "BITTRADER_PROBE_JSON:"
 
+
+def code_info(site_dir: str | None = None, sys_path: list[str] | None = None, max_files: int = 5000,
+              max_file_bytes: int = 1 << 20) -> dict[str, Any]:
+    """Which strategy code this Python sees (run inside a Ray task on each node by the probe).
+
+    Reads the .pth file that the roles put in the venv's site-packages (bittrader_code_mode folder or
+    git; none in working_dir mode, where each job ships its code). Returns mode, root, path, whether the
+    folder exists and is on this process's import path, the checkout's commit (git mode, read from
+    .git without running git) and a fingerprint of the folder's files: sha256 over the relative names
+    and contents of every file up to max_file_bytes (larger ones by size), skipping hidden entries,
+    __pycache__ and .pyc files. A VERSION file's first line is returned as label.
+    Self-contained (standard library only): the probe sends its source to the nodes.
+    """
+    import hashlib
+    import json as _json
+    import os
+    import sys
+    import sysconfig
+
+    site = site_dir if site_dir is not None else sysconfig.get_path("purelib")
+    path_list = list(sys.path if sys_path is None else sys_path)
+    pth = os.path.join(site, "bittrader_code.pth")
+    try:
+        with open(pth, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return {"mode": "working_dir", "version": "shipped with each job"}
+    header: dict[str, Any] = {}
+    for line in lines:
+        if line.startswith("# bittrader-code "):
+            try:
+                header = _json.loads(line[len("# bittrader-code "):])
+            except ValueError:
+                header = {}
+    mode = str(header.get("mode") or "folder")
+    root = str(header.get("root") or "")
+    path = str(header.get("path") or root)
+    info: dict[str, Any] = {"mode": mode, "root": root, "path": path, "pinned": str(header.get("version") or ""),
+                            "exists": os.path.isdir(path), "error": ""}
+    norm = os.path.normcase(os.path.abspath(path)) if path else ""
+    info["on_path"] = bool(norm) and any(
+        os.path.normcase(os.path.abspath(entry)) == norm for entry in path_list if entry)
+    if not info["exists"]:
+        info["version"] = "missing"
+        return info
+    if mode == "git":
+        commit = ""
+        gitdir = os.path.join(root, ".git")
+        try:
+            if os.path.isfile(gitdir):  # a worktree or submodule: "gitdir: PATH"
+                with open(gitdir, encoding="utf-8") as handle:
+                    gitdir = os.path.join(root, handle.read().split(":", 1)[1].strip())
+            with open(os.path.join(gitdir, "HEAD"), encoding="utf-8") as handle:
+                head = handle.read().strip()
+            if head.startswith("ref: "):
+                ref = head[5:]
+                ref_file = os.path.join(gitdir, *ref.split("/"))
+                if os.path.isfile(ref_file):
+                    with open(ref_file, encoding="utf-8") as handle:
+                        commit = handle.read().strip()
+                else:
+                    with open(os.path.join(gitdir, "packed-refs"), encoding="utf-8") as handle:
+                        for line in handle:
+                            parts = line.split()
+                            if len(parts) == 2 and parts[1] == ref:
+                                commit = parts[0]
+            else:
+                commit = head
+        except (OSError, IndexError) as exc:
+            info["error"] = f"cannot read the checkout's commit: {exc}"
+        info["commit"] = commit
+    digest = hashlib.sha256()
+    count = 0
+    truncated = False
+    label = ""
+    for current, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(files):
+            if name.startswith(".") or name.endswith((".pyc", ".pyo")):
+                continue
+            if count >= max_files:
+                truncated = True
+                break
+            full = os.path.join(current, name)
+            rel = os.path.relpath(full, path).replace(os.sep, "/")
+            try:
+                size = os.path.getsize(full)
+                if size > max_file_bytes:
+                    content = f"size:{size}".encode()
+                else:
+                    with open(full, "rb") as handle:
+                        content = handle.read()
+            except OSError:
+                continue
+            digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + content + b"\0")
+            count += 1
+            if rel == "VERSION":
+                label = content.decode("utf-8", "replace").strip().splitlines()[0][:80] if content.strip() else ""
+        if truncated:
+            break
+    info.update(sha256=digest.hexdigest()[:16], files=count, truncated=truncated, label=label)
+    info["version"] = (str(info["commit"])[:12] if mode == "git" and info.get("commit")
+                       else f"sha256 {info['sha256']}")
+    return info
+
+
 # Run by the node's own Python (the Ray virtual environment), not by Ansible's interpreter:
 #   python -c PROBE '{"address": "IP:6379", "tasks": true, "task_timeout": 60}'
 # Prints one line MARKER + JSON with every node, and (with tasks) what a task on each alive node saw.
-PROBE = r'''
+_PROBE = r'''from __future__ import annotations
 import json, os, platform, socket, sys, time
 args = json.loads(sys.argv[1])
 import ray
@@ -47,6 +154,7 @@ def where():
         "pid": os.getpid(),
         "user": os.environ.get("USER") or os.environ.get("USERNAME") or "",
         "uid": os.getuid() if hasattr(os, "getuid") else None,
+        "code": code_info(),
     }
 
 seen = {}
@@ -82,6 +190,9 @@ ray.shutdown()
 summary = {"nodes": out, "driver_ray": ray.__version__, "driver_python": platform.python_version()}
 print("BITTRADER_PROBE_JSON:" + json.dumps(summary))
 '''
+# The probe's tasks call code_info(): its source goes into the script, and Ray sends a function of the
+# script (__main__) to the nodes by value.
+PROBE = _PROBE.replace("\nimport ray\n", "\n" + inspect.getsource(code_info) + "\nimport ray\n", 1)
 
 
 def parse_probe_output(stdout: str) -> dict[str, Any]:
@@ -113,21 +224,23 @@ def evaluate(
 ) -> dict[str, Any]:
     """Compare the cluster's nodes with the inventory's expectations.
 
-    expected_nodes: [{"name": host, "ip": address, "cpus": int or None}]. Returns problems (each a
-    sentence naming the host), warnings, the summary, and one row per inventory host.
+    expected_nodes: [{"name": host, "ip": address, "cpus": int or None, "code": {"mode", "version"} or
+    None}]. Returns problems (each a sentence naming the host), warnings, the summary, and one row per
+    inventory host.
     """
     current = latest_nodes(nodes)
     by_ip = {str(n.get("ip")): n for n in current}
     problems: list[str] = []
     warnings: list[str] = []
     rows: list[dict[str, Any]] = []
+    folder_prints: dict[str, list[str]] = {}
     expected_ips = set()
     for exp in expected_nodes:
         name, ip = str(exp["name"]), str(exp["ip"])
         expected_ips.add(ip)
         node = by_ip.get(ip)
         row: dict[str, Any] = {"host": name, "ip": ip, "state": "missing", "cpus": "-", "memory_gb": "-",
-                               "object_store_gb": "-", "ray": "-", "python": "-"}
+                               "object_store_gb": "-", "ray": "-", "python": "-", "code": "-"}
         if node is None:
             problems.append(f"{name} ({ip}) has not joined the cluster")
         elif not node.get("alive"):
@@ -152,6 +265,11 @@ def evaluate(
                     problems.append(f"{name} ({ip}) runs Python {task['python']}, the cluster pins {python_version}")
                 if task.get("uid") == 0:
                     problems.append(f"{name} ({ip}) runs Ray as root")
+            if isinstance(task.get("code"), dict):
+                row["code"] = code_label(task["code"])
+                problems.extend(f"{name} ({ip}) {p}" for p in code_problems(task["code"], exp.get("code")))
+                if task["code"].get("mode") == "folder" and task["code"].get("sha256"):
+                    folder_prints.setdefault(str(task["code"]["sha256"]), []).append(name)
             want = exp.get("cpus")
             if want not in (None, "") and float(node.get("cpus") or 0) != float(want):
                 problems.append(f"{name} ({ip}) gives Ray {_num(node.get('cpus'))} CPUs, the inventory expects {want}")
@@ -161,6 +279,9 @@ def evaluate(
             warnings.append(
                 f"node {node.get('hostname')} ({node.get('ip')}) is in the cluster but not in the inventory"
             )
+    if len(folder_prints) > 1:
+        seen = "; ".join(f"{', '.join(hosts)}: sha256 {sha}" for sha, hosts in sorted(folder_prints.items()))
+        warnings.append(f"the synced code folders differ ({seen}): a sync client may not have caught up")
     alive = [n for n in current if n.get("alive")]
     total_cpus = sum(float(n.get("cpus") or 0) for n in alive)
     if min_total_cpus is not None and total_cpus < float(min_total_cpus):
@@ -174,6 +295,47 @@ def evaluate(
         "object_store_gb": round(sum(float(n.get("object_store_memory") or 0) for n in alive) / 2**30, 2),
     }
     return {"problems": problems, "warnings": warnings, "summary": summary, "rows": rows}
+
+
+def code_label(code: dict[str, Any]) -> str:
+    """The verify table's cell: the mode and the version the node sees."""
+    mode = str(code.get("mode") or "?")
+    if mode == "working_dir":
+        return "working_dir (each job ships it)"
+    label = f"{mode} {code.get('version', '?')}"
+    if code.get("label"):
+        label += f" VERSION {code['label']}"
+    if code.get("files") is not None and code.get("exists"):
+        label += f" ({code['files']} files)"
+    return label
+
+
+def code_problems(code: dict[str, Any], expected: dict[str, Any] | None) -> list[str]:
+    """What is wrong with the code a node sees, against the inventory's bittrader_code_* (each a phrase)."""
+    out: list[str] = []
+    mode = str(code.get("mode") or "")
+    want = dict(expected or {})
+    want_mode = str(want.get("mode") or "")
+    if want_mode and mode != want_mode:
+        out.append(f"sees {mode} code, the inventory sets bittrader_code_mode {want_mode}")
+        return out
+    if mode == "working_dir":
+        return out
+    where = code.get("path") or code.get("root") or "?"
+    if not code.get("exists"):
+        kind = "checkout" if mode == "git" else "synced folder"
+        out.append(f"has no {kind} {where} (missing, or the service user cannot read it)")
+        return out
+    if not code.get("on_path"):
+        out.append(f"does not have {where} on the import path of Ray's workers")
+    if code.get("error"):
+        out.append(str(code["error"]))
+    if mode == "git":
+        pinned = str(want.get("version") or code.get("pinned") or "")
+        commit = str(code.get("commit") or "")
+        if pinned and commit != pinned:
+            out.append(f"has commit {commit[:12] or 'none'} checked out, the inventory pins {pinned[:12]}")
+    return out
 
 
 def _num(value: Any) -> Any:

@@ -116,3 +116,45 @@ def test_lanes_do_not_overlap() -> None:
             if i < j and lanes[i] == lanes[j]:
                 assert e1 <= s2 or e2 <= s1
     assert max(lanes) == 1
+
+
+def with_cpu(records: dict[int, dict[str, Any]], duration: float, cpu: float) -> dict[int, dict[str, Any]]:
+    return {i: {**r, "duration": duration, "cpu_s": cpu} for i, r in records.items()}
+
+
+def test_task_profile_splits_a_cluster_tasks_extra_time() -> None:
+    serial, cluster = summaries()
+    ids = {"worker1": "aa" * 28, "worker2": "bb" * 28}
+    rep = report.compute_report(
+        serial, cluster, with_cpu(results({"head": ""}, 6), 1.32, 1.30), with_cpu(results(ids, 3), 1.62, 1.35)
+    )
+    prof = rep["task_profile"]
+    assert prof["serial"]["tasks"] == 6 and prof["cluster"]["tasks"] == 6
+    assert prof["wall_ratio"] == pytest.approx(1.62 / 1.32)
+    assert prof["cpu_ratio"] == pytest.approx(1.35 / 1.30)
+    assert prof["cluster"]["waiting_share"] == pytest.approx(1 - 1.35 / 1.62)
+    table = report.format_table(rep)
+    assert "cluster/serial: wall x1.23, CPU x1.04; 17% of a cluster task's wall waiting for a core" in table
+    # Older results files have no cpu_s: wall only, no ratio.
+    old = report.compute_report(serial, cluster, results({"head": ""}, 6), results(ids, 3))
+    assert old["task_profile"]["cpu_ratio"] is None and old["task_profile"]["cluster"]["cpu_s_mean"] is None
+    assert report.compute_report(serial, cluster)["task_profile"] is None
+
+
+def test_provisioning_timings_join_the_report(tmp_path: Path) -> None:
+    assert report.load_provisioning(None) is None
+    assert report.load_provisioning(tmp_path / "missing.json") is None
+    path = tmp_path / "provisioning.json"
+    path.write_text(json.dumps({
+        "created": "2026-11-29T01:00:00Z", "cold_converge": {"seconds": 240.5, "changed": 70},
+        "idempotent_rerun": {"seconds": 24.1, "changed": 0}, "add_worker": {"seconds": 150.0, "changed": 30},
+        "idempotent_fraction_of_cold": 0.1, "ok": {"runs": True},
+    }), encoding="utf-8")  # fmt: skip
+    prov = report.load_provisioning(path)
+    assert prov is not None
+    assert (prov["cold_converge_s"], prov["idempotent_rerun_s"], prov["add_worker_s"]) == (240.5, 24.1, 150.0)
+    assert prov["idempotent_changed"] == 0 and prov["idempotent_fraction_of_cold"] == 0.1
+    serial, cluster = summaries()
+    rep = {**report.compute_report(serial, cluster), "provisioning": prov}
+    table = report.format_table(rep)
+    assert "idempotent re-run" in table and "24.1 s" in table and "240.5 s" in table

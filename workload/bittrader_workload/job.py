@@ -21,6 +21,8 @@ Exit codes: 0 done; 1 some evaluations failed or a task raised; 2 fewer distinct
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -62,6 +64,24 @@ SINGLE_THREAD_ENV: dict[str, str] = {name: "1" for name in THREAD_ENV_VARS}
 # --------------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def code_fingerprint() -> dict[str, Any]:
+    """Which copy of this package the process runs: its folder, ``__version__`` and a sha256 (16 hex
+    digits) over the relative names and contents of its ``.py`` files.
+
+    Shipped with the job, the folder lies in Ray's runtime resources (``.../working_dir_files/_ray_pkg_<hash>``
+    or ``py_modules_files``); imported from the node (``--no-ship-code`` with bittrader_code_mode folder or
+    git), it is the node's synced folder or checkout.
+    """
+    root = Path(bittrader_workload.__file__).resolve().parent
+    digest = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"path": str(root), "version": bittrader_workload.__version__, "sha256": digest.hexdigest()[:16],
+            "files": len(files)}
+
+
 def evaluate_param_set(
     candles: NDArray[Any], param_set: dict[str, Any], run: dict[str, Any], node_id: str | None = None
 ) -> dict[str, Any]:
@@ -73,7 +93,9 @@ def evaluate_param_set(
         os.environ[name] = "1"
     start = time.time()
     t0 = time.perf_counter()
+    cpu0 = time.thread_time()
     metrics = evaluate(candles, StrategyParams.from_dict(param_set["params"]))
+    cpu_s = time.thread_time() - cpu0
     duration = time.perf_counter() - t0
     end = time.time()
     return {
@@ -87,9 +109,12 @@ def evaluate_param_set(
         "start": start,
         "end": end,
         "duration": duration,
+        # CPU seconds of the evaluating thread: duration - cpu_s is time spent waiting for a core.
+        "cpu_s": cpu_s,
         "candles": int(run["candles"]),
         "seed": int(run["seed"]),
         "mode": str(run["mode"]),
+        "code": code_fingerprint(),
     }
 
 
@@ -272,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-ship-code",
         action="store_true",
-        help="do not upload this package to the workers (py_modules); use when the nodes have it installed",
+        help="do not upload this package to the workers (py_modules): when the job was submitted with "
+        "--working-dir, or the nodes have it on their import path (bittrader_code_mode folder or git)",
     )
     parser.add_argument("--quiet", action="store_true", help="no per-evaluation progress lines")
     return parser
@@ -309,11 +335,22 @@ def per_node(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in records:
         key = _node_key(rec)
         row = table.setdefault(
-            key, {"node_id": rec.get("node_id"), "hostname": rec.get("hostname"), "tasks": 0, "busy_s": 0.0}
+            key,
+            {"node_id": rec.get("node_id"), "hostname": rec.get("hostname"), "tasks": 0, "busy_s": 0.0, "code": []},
         )
         row["tasks"] += 1
         row["busy_s"] += float(rec["duration"])
+        code = rec.get("code")
+        if isinstance(code, dict) and code not in row["code"]:
+            row["code"].append(code)
     return sorted(table.values(), key=lambda r: (str(r["hostname"]), str(r["node_id"])))
+
+
+def job_ships_code() -> bool:
+    """Whether this job's runtime environment brings code to the workers (working_dir or py_modules, from
+    ``ray job submit --working-dir`` or this driver's ``ray.init``); else they import from their node."""
+    env = ray.get_runtime_context().runtime_env
+    return bool(env.get("working_dir") or env.get("py_modules"))
 
 
 def cluster_resources() -> tuple[float, int]:
@@ -464,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[dict[str, Any]] = []
     fatal = False
     put_s = 0.0
+    shipped = False
     try:
         if args.mode == "serial":
             cpus, alive = 1.0, 1
@@ -478,7 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ray.init(address=args.address, runtime_env=runtime_env, logging_level=logging.WARNING)
                 owns_ray = True
             cpus, alive = cluster_resources()
-            print(f"cluster: {alive} alive nodes, {cpus:g} CPUs", flush=True)
+            shipped = job_ships_code()
+            print(f"cluster: {alive} alive nodes, {cpus:g} CPUs; code "
+                  f"{'shipped with the job' if shipped else 'imported from each node'}", flush=True)
             wall_started_at = time.time()
             wall_t0 = time.perf_counter()
             outcome = _run_cluster(candles, todo, run, writer, progress, args.max_retries)
@@ -532,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metric_names": list(METRIC_NAMES),
         "driver_hostname": socket.gethostname(),
         "versions": _versions(),
+        "code": {"driver": code_fingerprint(), "shipped_by_job": shipped},
     }
     if args.summary is not None:
         _write_json(args.summary, summary)
@@ -542,7 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     for row in node_rows:
-        print(f"  {row['hostname']:<24} {row['tasks']:>5} tasks {row['busy_s']:>9.2f}s busy", flush=True)
+        code = ", ".join(f"{c['version']} {c['sha256']} {c['path']}" for c in row["code"]) or "-"
+        print(f"  {row['hostname']:<24} {row['tasks']:>5} tasks {row['busy_s']:>9.2f}s busy  code {code}", flush=True)
     if status != "complete":
         return EXIT_FAILED
     if not nodes_ok:

@@ -10,6 +10,11 @@ last completion; candle generation and ``ray.init`` excluded):
 - CPUs used = min(cluster CPUs, evaluations run by the cluster run); ideal speedup = CPUs used
 - efficiency = speedup / CPUs used
 - Ray overhead = cluster wall - (sum of the cluster's task busy seconds / CPUs used)
+- per task (from the results files): mean wall seconds and mean CPU seconds of one evaluation in each
+  run; a task's wall minus its CPU is time it waited for a core (other processes on the same cores),
+  its CPU above the serial run's is extra work or slower cores (shared caches, memory bandwidth)
+- provisioning (``--provisioning``, written by ``tools/lab.py timings``): the cold converge, the
+  idempotent re-run and the ``--limit`` add of a worker, shown with the benchmark
 
 Writes ``DIR/report.json`` and ``DIR/report.png`` (per-node busy timeline from the cluster results'
 start/end timestamps, and the speedup against the ideal), and prints a short table. Uses matplotlib's
@@ -114,6 +119,63 @@ def compute_report(
         "candles": cluster.get("candles"),
         "params": cluster.get("params"),
         "cluster_wall_started_at": cluster.get("wall_started_at"),
+        "task_profile": task_profile(serial_results, cluster_results),
+    }
+
+
+def _task_stats(records: dict[int, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """Mean wall and CPU seconds of one evaluation, and the share of its wall spent off a core."""
+    if not records:
+        return None
+    walls = [float(r["duration"]) for r in records.values()]
+    cpus = [float(r["cpu_s"]) for r in records.values() if isinstance(r.get("cpu_s"), (int, float))]
+    wall = sum(walls) / len(walls)
+    stats: dict[str, Any] = {"tasks": len(walls), "wall_s_mean": wall, "wall_s_max": max(walls), "cpu_s_mean": None}
+    if len(cpus) == len(walls):
+        cpu = sum(cpus) / len(cpus)
+        stats.update(cpu_s_mean=cpu, waiting_share=max(0.0, 1.0 - cpu / wall) if wall > 0 else 0.0)
+    return stats
+
+
+def task_profile(
+    serial_results: dict[int, dict[str, Any]] | None, cluster_results: dict[int, dict[str, Any]] | None
+) -> dict[str, Any] | None:
+    """Where a cluster task's extra time goes, against the same evaluation run serially: waiting for a
+    core (wall above CPU) or more CPU for the same work. None without both results files."""
+    serial = _task_stats(serial_results)
+    cluster = _task_stats(cluster_results)
+    if serial is None or cluster is None:
+        return None
+    profile: dict[str, Any] = {
+        "serial": serial,
+        "cluster": cluster,
+        "wall_ratio": cluster["wall_s_mean"] / serial["wall_s_mean"] if serial["wall_s_mean"] > 0 else None,
+        "cpu_ratio": None,
+    }
+    if serial["cpu_s_mean"] and cluster["cpu_s_mean"] is not None:
+        profile["cpu_ratio"] = cluster["cpu_s_mean"] / serial["cpu_s_mean"]
+    return profile
+
+
+def load_provisioning(path: Path | None) -> dict[str, Any] | None:
+    """The lab's provisioning timings (tools/lab.py timings), or None when there are none."""
+    if path is None or not path.is_file():
+        return None
+    data = load_json(path)
+
+    def seconds(key: str) -> float | None:
+        run = data.get(key)
+        return float(run["seconds"]) if isinstance(run, dict) else None
+
+    return {
+        "file": str(path),
+        "created": data.get("created"),
+        "cold_converge_s": seconds("cold_converge"),
+        "idempotent_rerun_s": seconds("idempotent_rerun"),
+        "idempotent_changed": (data.get("idempotent_rerun") or {}).get("changed"),
+        "add_worker_s": seconds("add_worker"),
+        "idempotent_fraction_of_cold": data.get("idempotent_fraction_of_cold"),
+        "ok": data.get("ok"),
     }
 
 
@@ -208,6 +270,27 @@ def format_table(report: dict[str, Any]) -> str:
     if cmp is not None:
         lines.append("")
         lines.append(f"results match serial: {'yes' if cmp['ok'] else 'NO'} (max abs diff {cmp['max_abs_diff']:.3g})")
+    profile = report.get("task_profile")
+    if profile is not None:
+        lines.append("")
+        lines.append(f"{'one evaluation':<28} {'wall s':>10} {'CPU s':>10}")
+        for name in ("serial", "cluster"):
+            st = profile[name]
+            cpu = "-" if st["cpu_s_mean"] is None else f"{st['cpu_s_mean']:.3f}"
+            lines.append(f"{name:<28} {st['wall_s_mean']:>10.3f} {cpu:>10}")
+        if profile["cpu_ratio"] is not None:
+            lines.append(
+                f"cluster/serial: wall x{profile['wall_ratio']:.2f}, CPU x{profile['cpu_ratio']:.2f}; "
+                f"{profile['cluster']['waiting_share'] * 100:.0f}% of a cluster task's wall waiting for a core"
+            )
+    prov = report.get("provisioning")
+    if prov is not None:
+        lines.append("")
+        lines.append(f"provisioning ({prov['created']}):")
+        for key, label in (("cold_converge_s", "cold converge"), ("idempotent_rerun_s", "idempotent re-run"),
+                           ("add_worker_s", "add a worker (--limit)")):
+            if prov[key] is not None:
+                lines.append(f"  {label:<26} {prov[key]:>8.1f} s")
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
@@ -222,11 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--serial-results", type=Path, default=None, help="results JSON lines of the serial run")
     parser.add_argument("--cluster-results", type=Path, default=None, help="results JSON lines of the cluster run")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json, report.png)")
+    parser.add_argument(
+        "--provisioning", type=Path, default=None, help="provisioning timings to include (tools/lab.py timings)"
+    )
     args = parser.parse_args(argv)
 
     serial_results = read_results(args.serial_results) if args.serial_results else None
     cluster_results = read_results(args.cluster_results) if args.cluster_results else None
     report = compute_report(load_json(args.serial), load_json(args.cluster), serial_results, cluster_results)
+    report["provisioning"] = load_provisioning(args.provisioning)
     args.out.mkdir(parents=True, exist_ok=True)
     chart = args.out / "report.png"
     write_chart(report, cluster_results, chart)
