@@ -9,6 +9,8 @@ podman containers on a network of their own. Verbs:
     verify     print the cluster table
     smoke      run the first test optimization
     benchmark  run the reference benchmark
+    timings    provisioning timings: cold converge (fresh containers), idempotent re-run, and a
+               worker removed, recreated and added with --limit; writes results/provisioning.json
     down       remove the lab's containers and network
 
 Called through ./lab (which prepares the controller's virtual environment first).
@@ -17,7 +19,10 @@ Called through ./lab (which prepares the controller's virtual environment first)
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -31,10 +36,15 @@ IMAGE = "localhost/bittrader-systemd:bookworm"
 SUITE = "bookworm"
 PACKAGES = (
     "systemd,systemd-sysv,dbus,python3,python3-venv,python3-apt,sudo,iproute2,procps,"
-    "iputils-ping,ca-certificates,acl,nftables,curl"
+    "iputils-ping,ca-certificates,acl,nftables,curl,openssh-server"
 )
-# Bump when PACKAGES or the image layer change, so cached tarballs are rebuilt.
-IMAGE_REVISION = "1"
+# Bump when PACKAGES or the image layer change: the cached tarball and the image are rebuilt (the
+# image carries its revision as a label).
+IMAGE_REVISION = "2"
+# The lab reaches its nodes as real machines are reached: SSH (with pipelining and a persistent
+# control connection) to an ordinary login with passwordless sudo. The image has the account; the
+# controller's key (made once per machine in the cache) is mounted as its authorized_keys.
+SSH_USER = "admin"
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,9 @@ class Lab:
         )
     )
     shm_size: str = "1g"
+    # Like a real host's systemd: NET_ADMIN for the nodes' firewall (nftables), SYS_ADMIN for the Ray
+    # unit's sandboxing (ProtectSystem=strict needs mount namespaces).
+    cap_add: tuple[str, ...] = ("NET_ADMIN", "SYS_ADMIN")
 
 
 def cache_dir() -> Path:
@@ -108,18 +121,80 @@ def lab_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("CONTAINERS_CONF", str(containers_conf()))
     env.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
+    env.setdefault("BITTRADER_LAB_SSH_KEY", str(ssh_key()))
     return env
+
+
+def ssh_key() -> Path:
+    """The controller's private key for the lab's SSH login (made once per machine, in the cache).
+
+    Every lab container mounts the public half as SSH_USER's authorized_keys; inventory/lab reads the
+    path from BITTRADER_LAB_SSH_KEY.
+    """
+    import fcntl
+
+    key = cache_dir() / "ssh" / "id_ed25519"
+    key.parent.mkdir(mode=0o700, exist_ok=True)
+    with (key.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two labs starting at once make one key, not a mismatched pair
+        if not (key.exists() and key.with_suffix(".pub").exists()):
+            for stale in (key, key.with_suffix(".pub")):
+                stale.unlink(missing_ok=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bittrader-lab", "-f", str(key)],
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
+    return key
+
+
+def ssh_mount() -> str:
+    """podman --volume argument that makes the lab's public key SSH_USER's authorized_keys."""
+    return f"{ssh_key().with_suffix('.pub')}:/home/{SSH_USER}/.ssh/authorized_keys:ro"
 
 
 def image_exists(name: str = IMAGE) -> bool:
     return run(["podman", "image", "exists", name], check=False).returncode == 0
 
 
+def image_revision(name: str = IMAGE) -> str:
+    """The revision label of the built image ("" when absent or unlabelled)."""
+    res = run(
+        ["podman", "image", "inspect", "--format", '{{ index .Labels "bittrader.image-revision" }}', name],
+        check=False,
+        capture=True,
+    )
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def containerfile(base: str) -> str:
+    """The image's layer over the debootstrap rootfs: CA certificates, systemd for containers, sshd
+    with host keys made by each container at its first boot, and the lab's SSH login with sudo."""
+    return (
+        f"FROM {base}\n"
+        f"LABEL bittrader.image-revision={IMAGE_REVISION}\n"
+        "COPY certs/ /usr/local/share/ca-certificates/\n"
+        "RUN update-ca-certificates && rm -f /etc/machine-id && touch /etc/machine-id "
+        "&& systemctl mask systemd-logind.service getty.target console-getty.service\n"
+        "RUN rm -f /etc/ssh/ssh_host_* && mkdir -p /etc/systemd/system/ssh.service.d "
+        "&& printf '[Service]\\nExecStartPre=\\nExecStartPre=/usr/bin/ssh-keygen -A\\n"
+        "ExecStartPre=/usr/sbin/sshd -t\\n' > /etc/systemd/system/ssh.service.d/host-keys.conf "
+        "&& printf 'PasswordAuthentication no\\nPermitRootLogin no\\nUseDNS no\\n' "
+        "> /etc/ssh/sshd_config.d/lab.conf "
+        f"&& useradd --create-home --shell /bin/bash {SSH_USER} "
+        f"&& printf '{SSH_USER} ALL=(ALL:ALL) NOPASSWD: ALL\\n' > /etc/sudoers.d/{SSH_USER} "
+        f"&& chmod 0440 /etc/sudoers.d/{SSH_USER} && install -d -m 0700 -o {SSH_USER} /home/{SSH_USER}/.ssh\n"
+        'CMD ["/sbin/init"]\n'
+    )
+
+
 def build_image(force: bool = False) -> None:
     """Build the systemd image: from the cached rootfs tarball when present, else debootstrap."""
     if image_exists() and not force:
-        print(f"image {IMAGE} present")
-        return
+        if image_revision() == IMAGE_REVISION:
+            print(f"image {IMAGE} present (revision {IMAGE_REVISION})")
+            return
+        print(f"image {IMAGE} is not revision {IMAGE_REVISION}: rebuilding it")
     tarball = cache_dir() / f"rootfs-{SUITE}-r{IMAGE_REVISION}.tar.zst"
     if not tarball.exists() or force:
         with tempfile.TemporaryDirectory(prefix="bt-rootfs-", dir="/var/tmp") as tmp:
@@ -145,13 +220,7 @@ def build_image(force: bool = False) -> None:
         certs.mkdir()
         for crt in Path("/usr/local/share/ca-certificates").glob("*.crt"):
             shutil.copy(crt, certs / crt.name)
-        (Path(ctx) / "Containerfile").write_text(
-            f"FROM {base}\n"
-            "COPY certs/ /usr/local/share/ca-certificates/\n"
-            "RUN update-ca-certificates && rm -f /etc/machine-id && touch /etc/machine-id "
-            "&& systemctl mask systemd-logind.service getty.target console-getty.service\n"
-            'CMD ["/sbin/init"]\n'
-        )
+        (Path(ctx) / "Containerfile").write_text(containerfile(base))
         run(["podman", "build", "-t", IMAGE, ctx])
     run(["podman", "rmi", base], check=False)
 
@@ -171,7 +240,8 @@ def up_containers(lab: Lab) -> None:
         run([
             "podman", "run", "-d", "--name", host.name, "--hostname", host.name,
             "--network", lab.network, "--ip", host.ip, "--systemd=always",
-            f"--shm-size={lab.shm_size}", "--label", "project=bittrader-lab",
+            f"--shm-size={lab.shm_size}", "--label", "project=bittrader-lab", "--volume", ssh_mount(),
+            *[f"--cap-add={cap}" for cap in lab.cap_add],
             IMAGE, "/sbin/init",
         ])
     for host in lab.hosts:
@@ -195,6 +265,145 @@ def playbook(path: str, *extra: str) -> None:
     print(f"{path}: {time.monotonic() - started:.1f} s")
 
 
+RECAP_LINE = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)",
+    re.MULTILINE,
+)
+PROVISIONING_SCHEMA = "bittrader-provisioning-timings/1"
+# The targets of the provisioning timings: an idempotent re-run of site.yml on the 3-node lab under
+# 30 s, and under a quarter of a cold converge.
+IDEMPOTENT_MAX_S = 30.0
+IDEMPOTENT_MAX_FRACTION = 0.25
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    """Per-host counters of the PLAY RECAP in ansible-playbook's output (the last recap wins)."""
+    hosts: dict[str, dict[str, int]] = {}
+    for m in RECAP_LINE.finditer(output):
+        hosts[m["host"]] = {k: int(v) for k, v in m.groupdict().items() if k != "host"}
+    return hosts
+
+
+def timed_playbook(inventory: Path, path: str, *extra: str) -> dict[str, object]:
+    """Run a playbook (its output shown as it runs) and return its wall time, exit code and recap."""
+    cmd = ["ansible-playbook", "-i", str(inventory), str(REPO / path), *extra]
+    print("+ " + " ".join(cmd), flush=True)
+    started = time.monotonic()
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, cwd=REPO, env=lab_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+        rc = proc.wait()
+    seconds = time.monotonic() - started
+    recap = parse_recap("".join(lines))
+    print(f"{path}: {seconds:.1f} s", flush=True)
+    return {
+        "command": " ".join(["ansible-playbook", path, *extra]),
+        "seconds": round(seconds, 1),
+        "rc": rc,
+        "hosts": recap,
+        "changed": sum(h["changed"] for h in recap.values()),
+        "failed": sum(h["failed"] + h["unreachable"] for h in recap.values()),
+        "tasks_ok": sum(h["ok"] for h in recap.values()),
+    }
+
+
+def provisioning_report(
+    cold: dict[str, object], idempotent: dict[str, object], add_worker: dict[str, object] | None, **context: object
+) -> dict[str, object]:
+    """The provisioning timings and whether they meet the targets (IDEMPOTENT_MAX_S, _FRACTION)."""
+
+    def seconds(run: dict[str, object]) -> float:
+        return float(run["seconds"])  # type: ignore[arg-type]
+
+    fraction = seconds(idempotent) / seconds(cold) if seconds(cold) > 0 else None
+    runs_ok = all(run["rc"] == 0 for run in (cold, idempotent, add_worker) if run is not None)
+    return {
+        "schema": PROVISIONING_SCHEMA,
+        **context,
+        "cold_converge": cold,
+        "idempotent_rerun": idempotent,
+        "add_worker": add_worker,
+        "idempotent_fraction_of_cold": None if fraction is None else round(fraction, 3),
+        "targets": {"idempotent_max_s": IDEMPOTENT_MAX_S, "idempotent_max_fraction": IDEMPOTENT_MAX_FRACTION},
+        "ok": {
+            "runs": runs_ok,
+            "idempotent_changed_0": idempotent["changed"] == 0,
+            "idempotent_under_max_s": seconds(idempotent) < IDEMPOTENT_MAX_S,
+            "idempotent_under_fraction": fraction is not None and fraction < IDEMPOTENT_MAX_FRACTION,
+        },
+    }
+
+
+def provisioning_table(report: dict[str, object]) -> str:
+    """A short text table of a provisioning report."""
+    rows = [("run", "wall", "changed", "failed", "rc")]
+    for key, label in (
+        ("cold_converge", "cold converge"),
+        ("idempotent_rerun", "idempotent re-run"),
+        ("add_worker", "add a worker (--limit)"),
+    ):
+        run = report.get(key)
+        if isinstance(run, dict):
+            rows.append(
+                (label, f"{float(run['seconds']):.1f} s", str(run["changed"]), str(run["failed"]), str(run["rc"]))
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    fraction = report.get("idempotent_fraction_of_cold")
+    if fraction is not None:
+        lines.append(
+            f"idempotent / cold = {float(fraction):.2f} (targets: < {IDEMPOTENT_MAX_S:g} s and "  # type: ignore[arg-type]
+            f"< {IDEMPOTENT_MAX_FRACTION:g} of cold)"
+        )
+    return "\n".join(lines)
+
+
+def timings(lab: Lab, inventory: Path, out: Path, worker: str | None = None) -> dict[str, object]:
+    """Provisioning timings of the lab, from fresh containers: cold converge, idempotent re-run, and
+    one worker's container removed, recreated and provisioned with site.yml --limit. The wheels in the
+    controller's wheelhouse (once per machine) and the image are cached; everything else is not."""
+    worker = worker or lab.hosts[-1].name
+    load_before = os.getloadavg()
+    down_containers(lab)
+    up_containers(lab)
+    cold = timed_playbook(inventory, "site.yml")
+    idempotent = timed_playbook(inventory, "site.yml")
+    run(["podman", "rm", "-f", "-t", "5", worker])
+    up_containers(lab)
+    add_worker = timed_playbook(inventory, "site.yml", "--limit", worker)
+    add_worker["worker"] = worker
+    report = provisioning_report(
+        cold,
+        idempotent,
+        add_worker,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        machine={
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        nodes=[h.name for h in lab.hosts],
+        inventory=str(inventory),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(provisioning_table(report))
+    print(f"wrote {out}")
+    return report
+
+
+def down_containers(lab: Lab) -> None:
+    for host in lab.hosts:
+        run(["podman", "rm", "-f", "-t", "5", host.name], check=False)
+
+
 def down(lab: Lab) -> None:
     for host in lab.hosts:
         run(["podman", "rm", "-f", "-t", "5", host.name], check=False)
@@ -203,7 +412,7 @@ def down(lab: Lab) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("verb", choices=["image", "up", "converge", "verify", "smoke", "benchmark", "down"])
+    parser.add_argument("verb", choices=["image", "up", "converge", "verify", "smoke", "benchmark", "timings", "down"])
     parser.add_argument("--rebuild", action="store_true", help="rebuild the image even if cached")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments")
     args = parser.parse_args(argv)
@@ -224,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         playbook("playbooks/smoke_test.yml", *args.extra)
     elif args.verb == "benchmark":
         playbook("playbooks/benchmark.yml", *args.extra)
+    elif args.verb == "timings":
+        build_image(force=args.rebuild)
+        timings(lab, REPO / "inventory" / "lab", REPO / "results" / "provisioning.json")
     elif args.verb == "down":
         down(lab)
 

@@ -66,3 +66,95 @@ def test_lab_and_molecule_addresses_lie_in_the_lab_cidr() -> None:
         assert host_vars["bittrader_node_ip"] == platform["ip"]
     for host in lab.Lab().hosts:
         assert ipaddress.ip_address(host.ip) in cidr
+
+
+def test_lab_inventory_reaches_the_nodes_over_ssh_as_the_images_login() -> None:
+    data = yaml.safe_load((REPO / "inventory/lab/hosts.yml").read_text())
+    lab_vars = data["ray_cluster"]["vars"]
+    assert lab_vars["ansible_connection"] == "ansible.builtin.ssh"
+    assert lab_vars["ansible_user"] == lab.SSH_USER != "root"
+    assert lab_vars["ansible_host"] == "{{ bittrader_node_ip }}"
+    assert "BITTRADER_LAB_SSH_KEY" in lab_vars["ansible_ssh_private_key_file"]
+    cfg = (REPO / "ansible.cfg").read_text()
+    assert "pipelining = True" in cfg
+
+
+def test_image_layer_has_sshd_per_container_host_keys_and_a_sudo_login() -> None:
+    text = lab.containerfile("BASE")
+    assert text.startswith("FROM BASE\n")
+    assert f"LABEL bittrader.image-revision={lab.IMAGE_REVISION}\n" in text
+    assert "openssh-server" in lab.PACKAGES.split(",")
+    assert "rm -f /etc/ssh/ssh_host_*" in text and "ExecStartPre=/usr/bin/ssh-keygen -A" in text
+    assert "PasswordAuthentication no" in text and "PermitRootLogin no" in text
+    assert f"useradd --create-home --shell /bin/bash {lab.SSH_USER}" in text
+    assert f"{lab.SSH_USER} ALL=(ALL:ALL) NOPASSWD: ALL" in text
+    assert text.rstrip().endswith('CMD ["/sbin/init"]')
+
+
+def test_ssh_key_is_made_once_and_mounted_as_authorized_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITTRADER_CACHE", str(tmp_path))
+    key = lab.ssh_key()
+    assert key == tmp_path / "bittrader-lab" / "ssh" / "id_ed25519"
+    assert key.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    pub = key.with_suffix(".pub").read_text()
+    assert pub.startswith("ssh-ed25519 ")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert lab.ssh_key() == key and key.with_suffix(".pub").read_text() == pub  # kept, not remade
+    assert lab.ssh_mount() == f"{key}.pub:/home/{lab.SSH_USER}/.ssh/authorized_keys:ro"
+    assert lab.lab_env()["BITTRADER_LAB_SSH_KEY"] == str(key)
+
+
+RECAP = """
+PLAY RECAP *********************************************************************
+bt-head                    : ok=61   changed=0    unreachable=0    failed=0    skipped=25   rescued=0    ignored=0
+bt-worker1                 : ok=70   changed=2    unreachable=0    failed=0    skipped=21   rescued=0    ignored=0
+bt-worker2                 : ok=12   changed=0    unreachable=1    failed=1    skipped=3    rescued=0    ignored=0
+"""
+
+
+def test_parse_recap_reads_every_hosts_counters() -> None:
+    hosts = lab.parse_recap("TASK [x]\nok: [bt-head]\n" + RECAP)
+    assert set(hosts) == {"bt-head", "bt-worker1", "bt-worker2"}
+    assert hosts["bt-worker1"] == {
+        "ok": 70, "changed": 2, "unreachable": 0, "failed": 0, "skipped": 21, "rescued": 0, "ignored": 0
+    }
+    assert hosts["bt-worker2"]["unreachable"] == 1 and hosts["bt-worker2"]["failed"] == 1
+    assert lab.parse_recap("no recap here") == {}
+
+
+def fake_run(seconds: float, changed: int = 0, rc: int = 0) -> dict[str, object]:
+    return {"seconds": seconds, "rc": rc, "changed": changed, "failed": 0, "hosts": {}}
+
+
+def test_provisioning_report_checks_the_targets() -> None:
+    good = lab.provisioning_report(fake_run(240.0, changed=60), fake_run(25.0), fake_run(150.0, changed=30))
+    assert good["schema"] == lab.PROVISIONING_SCHEMA
+    assert good["idempotent_fraction_of_cold"] == round(25.0 / 240.0, 3)
+    assert all(good["ok"].values())  # type: ignore[union-attr]
+    slow = lab.provisioning_report(fake_run(200.0), fake_run(60.0), None)
+    assert slow["ok"] == {  # over 30 s and over a quarter of the cold converge
+        "runs": True, "idempotent_changed_0": True, "idempotent_under_max_s": False, "idempotent_under_fraction": False
+    }
+    changed = lab.provisioning_report(fake_run(200.0), fake_run(20.0, changed=1), fake_run(90.0, rc=2))
+    assert changed["ok"]["idempotent_changed_0"] is False  # type: ignore[index]
+    assert changed["ok"]["runs"] is False  # type: ignore[index]
+
+
+def test_provisioning_table_lists_the_three_runs() -> None:
+    report = lab.provisioning_report(fake_run(240.0, changed=60), fake_run(25.0), fake_run(150.0, changed=30))
+    lines = lab.provisioning_table(report).splitlines()
+    assert lines[0].split() == ["run", "wall", "changed", "failed", "rc"]
+    assert lines[1].startswith("cold converge") and "240.0 s" in lines[1]
+    assert lines[2].startswith("idempotent re-run") and "25.0 s" in lines[2]
+    assert lines[3].startswith("add a worker (--limit)") and "150.0 s" in lines[3]
+    assert lines[4].startswith("idempotent / cold = 0.10")
+
+
+def test_timings_verb_measures_the_lab_into_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(lab, "build_image", lambda force=False: calls.append(("image", force)))
+    monkeypatch.setattr(lab, "timings", lambda the_lab, inventory, out: calls.append((the_lab, inventory, out)))
+    assert lab.main(["timings"]) == 0
+    assert calls == [("image", False), (lab.Lab(), REPO / "inventory/lab", REPO / "results/provisioning.json")]
+    with pytest.raises(SystemExit):
+        lab.main(["nonsense"])
