@@ -658,7 +658,8 @@ def test_pip_installs_the_same_pins_as_the_linux_nodes(hv: dict[str, Any]) -> No
     assert plan_argv[:5] == install_argv[:5]
     assert {"--dry-run", "--report", "-"} <= set(plan_argv)
     assert plan_argv[-4:] == pins
-    linux = (REPO / "roles" / "ray_node" / "tasks" / "venv.yml").read_text(encoding="utf-8")
+    # The Linux and macOS nodes' pins (ray_node's requirements.yml, used by venv.yml and the upgrade).
+    linux = (REPO / "roles" / "ray_node" / "tasks" / "requirements.yml").read_text(encoding="utf-8")
     for package in ("ray[default]==", "psutil==", "numpy=="):
         assert package in linux
     pending = template_data(

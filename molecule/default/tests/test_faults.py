@@ -173,6 +173,17 @@ def wait_running(head: Any, job: Job, timeout: float = 180) -> None:
     pytest.fail(f"job {job.id} wrote no evaluation in {timeout:.0f} s")
 
 
+def job_logs(head: Any, job: Job, chars: int = 3000) -> str:
+    """The end of the job's driver output (for failure messages)."""
+    res = head.run(as_user([f"{VENV}/ray", "job", "logs", f"--address=http://{IPS[HEAD]}:8265", job.id], TOKEN_ENV))
+    return str(res.stdout + res.stderr)[-chars:]
+
+
+def read_summary(head: Any, job: Job) -> dict[str, Any]:
+    summary = head.file(job.summary)
+    return json.loads(summary.content_string) if summary.exists else {}
+
+
 def wait_finished(head: Any, job: Job, timeout: float = JOB_TIMEOUT_S) -> str:
     started = time.monotonic()
     status = job_status(head, job.id)
@@ -394,9 +405,11 @@ def test_6_head_restart_and_resume(campaign: Campaign) -> None:
     campaign.jobs.append(rerun)
     campaign.current = rerun
     t1 = time.monotonic()
-    assert wait_finished(head, rerun) == "SUCCEEDED"
+    status = wait_finished(head, rerun)
     rerun_s = time.monotonic() - t1
-    summary = json.loads(head.file(rerun.summary).content_string)
+    summary = read_summary(head, rerun)
+    brief = {k: v for k, v in summary.items() if k.startswith("evaluations") or k in {"status", "failures"}}
+    assert status == "SUCCEEDED", f"re-run {status}: {brief}\n{job_logs(head, rerun)}"
     print(
         f"head restart: {kept} evaluations kept from the first run; the re-run skipped "
         f"{summary['evaluations_skipped']} and ran {summary['evaluations_run']}"
@@ -424,7 +437,7 @@ def test_7_every_job_complete_and_equal_to_the_serial_run(campaign: Campaign) ->
         ):
             continue  # the head restart's first run: its results are checked through the re-run's file
         status = wait_finished(head, job)
-        job.summary_data = json.loads(head.file(job.summary).content_string) if head.file(job.summary).exists else {}
+        job.summary_data = read_summary(head, job)
         job.comparison = json.loads(head_python(head, COMPARE, f"{JOBS}/serial.jsonl", job.results))
         s = job.summary_data
         if not (
@@ -435,7 +448,11 @@ def test_7_every_job_complete_and_equal_to_the_serial_run(campaign: Campaign) ->
             and job.comparison["ok"]
             and not job.comparison["duplicates"]
         ):
-            problems.append({"job": job.id, "status": status, "summary": s, "comparison": job.comparison})
+            brief = {k: v for k, v in s.items() if k.startswith("evaluations") or k in {"status", "failures"}}
+            problems.append(
+                {"job": job.id, "status": status, "summary": brief, "comparison": job.comparison,
+                 "log": job_logs(head, job, 1500)}
+            )  # fmt: skip
     assert wait_for_all_alive(head, timeout=RECOVERY_TIMEOUT_S) >= 0
 
     by_id = {job.id: job for job in campaign.jobs}

@@ -45,8 +45,9 @@ def test_uninstall_removes_everything_and_is_idempotent(host) -> None:  # type: 
         first, second = changed_counts(_runs[0]), changed_counts(_runs[1])
         assert all(first[h] > 0 for h in [HEAD, *WORKERS]), first
         assert all(v == 0 for v in second.values()), second
-    for unit in ("bittrader-ray-head", "bittrader-ray-worker", "bittrader-throttle"):
+    for unit in ("bittrader-ray-head", "bittrader-ray-worker", "bittrader-throttle", "bittrader-health"):
         assert not host.file(f"/etc/systemd/system/{unit}.service").exists
+    assert not host.file("/etc/systemd/system/bittrader-health.timer").exists
     assert not host.file("/etc/sudoers.d/bittrader-throttle").exists
     assert not host.user(USER).exists
     assert not host.file(f"/home/{USER}").exists
