@@ -69,3 +69,18 @@ def wait_for_all_alive(head: Any, timeout: float) -> float:
             return time.monotonic() - started
         time.sleep(2)
     pytest.fail(f"not all nodes alive after {timeout:.0f} s: {last}")
+
+
+# Suites added on 2026-11-29 whose parts ran on developers' clusters but have not yet passed together
+# on the Molecule cluster: they run with BITTRADER_MOLECULE_EXTENDED=1 (`BITTRADER_MOLECULE_EXTENDED=1
+# ./lab test`) until a full run has passed, then join the default run.
+EXTENDED = {"test_faults.py", "test_lifecycle.py", "test_security.py", "test_workload.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("BITTRADER_MOLECULE_EXTENDED") == "1":
+        return
+    skip = pytest.mark.skip(reason="extended suite: set BITTRADER_MOLECULE_EXTENDED=1")
+    for item in items:
+        if item.path.name in EXTENDED:
+            item.add_marker(skip)
