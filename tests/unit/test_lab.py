@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
 from pathlib import Path
 
@@ -131,13 +132,18 @@ def test_provisioning_report_checks_the_targets() -> None:
     assert good["schema"] == lab.PROVISIONING_SCHEMA
     assert good["idempotent_fraction_of_cold"] == round(25.0 / 240.0, 3)
     assert all(good["ok"].values())  # type: ignore[union-attr]
-    slow = lab.provisioning_report(fake_run(200.0), fake_run(60.0), None)
+    slow = lab.provisioning_report(fake_run(200.0), fake_run(60.0), fake_run(90.0))
     assert slow["ok"] == {  # over 30 s and over a quarter of the cold converge
         "runs": True, "idempotent_changed_0": True, "idempotent_under_max_s": False, "idempotent_under_fraction": False
     }
     changed = lab.provisioning_report(fake_run(200.0), fake_run(20.0, changed=1), fake_run(90.0, rc=2))
     assert changed["ok"]["idempotent_changed_0"] is False  # type: ignore[index]
     assert changed["ok"]["runs"] is False  # type: ignore[index]
+    # A failed cold converge stops the sequence: the later runs are missing and fail their targets.
+    failed = lab.provisioning_report(fake_run(300.0, rc=2), None, None)
+    assert failed["idempotent_fraction_of_cold"] is None
+    assert not any(failed["ok"].values())  # type: ignore[union-attr]
+    assert "idempotent /" not in lab.provisioning_table(failed)
 
 
 def test_provisioning_table_lists_the_three_runs() -> None:
@@ -158,3 +164,37 @@ def test_timings_verb_measures_the_lab_into_results(monkeypatch: pytest.MonkeyPa
     assert calls == [("image", False), (lab.Lab(), REPO / "inventory/lab", REPO / "results/provisioning.json")]
     with pytest.raises(SystemExit):
         lab.main(["nonsense"])
+
+
+def test_timings_runs_cold_idempotent_then_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[str] = []
+    seconds = iter([250.0, 20.0, 140.0])
+    monkeypatch.setattr(lab, "down_containers", lambda the_lab: steps.append("down"))
+    monkeypatch.setattr(lab, "up_containers", lambda the_lab: steps.append("up"))
+    monkeypatch.setattr(lab, "run", lambda cmd, **kw: steps.append(" ".join(cmd)))
+
+    def playbook(inventory: Path, path: str, *extra: str) -> dict[str, object]:
+        steps.append(" ".join([path, *extra]))
+        return fake_run(next(seconds), changed=50 if steps.count("site.yml") == 1 and not extra else 0)
+
+    monkeypatch.setattr(lab, "timed_playbook", playbook)
+    out = tmp_path / "results" / "provisioning.json"
+    report = lab.timings(lab.Lab(), tmp_path / "inv", out)
+    assert steps == [
+        "down", "up", "site.yml", "site.yml", "podman rm -f -t 5 bt-worker2", "up", "site.yml --limit bt-worker2"
+    ]
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(report))
+    assert data["add_worker"]["worker"] == "bt-worker2" and data["nodes"] == ["bt-head", "bt-worker1", "bt-worker2"]
+    assert data["idempotent_fraction_of_cold"] == 0.08 and all(data["ok"].values())
+
+
+def test_timings_stops_at_a_failed_cold_converge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(lab, "down_containers", lambda the_lab: None)
+    monkeypatch.setattr(lab, "up_containers", lambda the_lab: None)
+    monkeypatch.setattr(lab, "timed_playbook", lambda inv, path, *extra: calls.append(path) or fake_run(99.0, rc=2))
+    with pytest.raises(SystemExit):
+        lab.timings(lab.Lab(), tmp_path, tmp_path / "p.json")
+    assert calls == ["site.yml"]
+    assert json.loads((tmp_path / "p.json").read_text())["idempotent_rerun"] is None
