@@ -115,12 +115,17 @@ def text_table(rows: Iterable[Mapping[str, Any]], columns: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+# bittrader_ports keys that only the head listens on, and those an administrator reaches too (the
+# dashboard and job API, Ray Client, and the head's two Prometheus metrics endpoints).
+HEAD_ONLY_PORTS = frozenset({"gcs", "client_server", "dashboard", "autoscaler_metrics", "dashboard_metrics"})
+ADMIN_PORTS = frozenset({"dashboard", "client_server", "autoscaler_metrics", "dashboard_metrics"})
+
+
 def port_list(ports: Mapping[str, int], role: str = "worker") -> list[int]:
     """Every single TCP port a node of the role listens on (the worker range excluded)."""
-    head_only = {"gcs", "client_server", "dashboard"}
     skip = {"min_worker", "max_worker"}
     return sorted(
-        int(v) for k, v in ports.items() if k not in skip and (role == "head" or k not in head_only)
+        int(v) for k, v in ports.items() if k not in skip and (role == "head" or k not in HEAD_ONLY_PORTS)
     )
 
 
@@ -129,11 +134,10 @@ def firewall_ports(ports: Mapping[str, Any], role: str = "worker") -> dict[str, 
 
     "cluster": the ports only the cluster's nodes reach (GCS, raylet, object manager, agents, metrics and
     the worker processes' range); "admin": the ports an administrator reaches too (the head's dashboard and
-    job API, and the Ray Client server).
+    job API, the Ray Client server and the head's Prometheus metrics).
     """
-    admin_names = {"dashboard", "client_server"}
     singles = port_list(ports, role)
-    admin = sorted(int(ports[name]) for name in admin_names if role == "head" and name in ports)
+    admin = sorted(int(ports[name]) for name in ADMIN_PORTS if role == "head" and name in ports)
     cluster = [str(p) for p in singles if p not in admin]
     cluster.append(f"{int(ports['min_worker'])}-{int(ports['max_worker'])}")
     return {"cluster": cluster, "admin": [str(p) for p in admin]}
@@ -615,7 +619,7 @@ def busy_ports(listening: Iterable[Any], ports: Mapping[str, Any], role: str, us
     roles/bittrader/files/node_probe.py; Ray's own processes run as user and are not counted)."""
     names: dict[int, str] = {}
     for name, value in ports.items():
-        if name in {"min_worker", "max_worker"} or (role != "head" and name in {"gcs", "client_server", "dashboard"}):
+        if name in {"min_worker", "max_worker"} or (role != "head" and name in HEAD_ONLY_PORTS):
             continue
         try:
             names[int(value)] = f"bittrader_ports.{name}"

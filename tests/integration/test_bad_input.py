@@ -48,6 +48,8 @@ DEFAULT_PORTS = {
     "gcs": 6379,
     "client_server": 10001,
     "dashboard": 8265,
+    "autoscaler_metrics": 44217,
+    "dashboard_metrics": 44227,
     "node_manager": 8076,
     "object_manager": 8077,
     "dashboard_agent_grpc": 8078,

@@ -15,6 +15,8 @@ DEFAULT_PORTS = {
     "gcs": 6379,
     "client_server": 10001,
     "dashboard": 8265,
+    "autoscaler_metrics": 44217,
+    "dashboard_metrics": 44227,
     "node_manager": 8076,
     "object_manager": 8077,
     "dashboard_agent_grpc": 8078,
@@ -89,7 +91,7 @@ def test_port_list_by_role() -> None:
     worker = f.port_list(DEFAULT_PORTS, "worker")
     head = f.port_list(DEFAULT_PORTS, "head")
     assert 6379 not in worker and 6379 in head and 8265 in head
-    assert set(head) - set(worker) == {6379, 8265, 10001}
+    assert set(head) - set(worker) == {6379, 8265, 10001, 44217, 44227}
     assert 10002 not in head
 
 

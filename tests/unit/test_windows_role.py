@@ -23,7 +23,7 @@ ROLE = REPO / "roles" / "worker_windows"
 TEMPLATES = ROLE / "templates"
 TASKS = ROLE / "tasks"
 NODE_JSON = REPO / "roles" / "ray_node" / "templates" / "node.json.j2"
-HEAD_ONLY = {"gcs", "client_server", "dashboard"}
+HEAD_ONLY = {"gcs", "client_server", "dashboard", "autoscaler_metrics", "dashboard_metrics"}
 
 _spec = importlib.util.spec_from_file_location(
     "bittrader_throttle_win_test", REPO / "module_utils" / "bittrader_throttle.py"

@@ -56,19 +56,44 @@ def alive_ips(data: dict[str, Any]) -> dict[str, float]:
     return {n["ip"]: n["cpus"] for n in data["nodes"] if n["alive"]}
 
 
-def wait_for_all_alive(head: Any, timeout: float) -> float:
-    """Seconds until every host is alive again with its CPUs; fails after timeout."""
+def alive_node_ids(data: dict[str, Any]) -> dict[str, set[str]]:
+    """The ids of the alive Ray nodes at each address."""
+    ids: dict[str, set[str]] = {}
+    for node in data["nodes"]:
+        if node["alive"]:
+            ids.setdefault(node["ip"], set()).add(str(node["node_id"]))
+    return ids
+
+
+def node_id_of(head: Any, name: str) -> str:
+    """The id of the one alive Ray node of a host."""
+    ids = alive_node_ids(probe_cluster(head, tasks=False, timeout=20)).get(IPS[name], set())
+    assert len(ids) == 1, f"{name}: alive Ray nodes {ids}"
+    return next(iter(ids))
+
+
+def wait_for_all_alive(head: Any, timeout: float, replaced: dict[str, str] | None = None) -> float:
+    """Seconds until every host is alive again with its CPUs; fails after timeout.
+
+    replaced maps a host to the id its Ray node had before a fault that ends that node (a killed
+    raylet, a restarted host): until the head knows the old node is dead and a new one has joined
+    at the host's address, the cluster has not recovered (the old node can look alive for a while).
+    """
     started = time.monotonic()
     last: dict[str, float] = {}
+    ids: dict[str, set[str]] = {}
     while time.monotonic() - started < timeout:
         try:
-            last = alive_ips(probe_cluster(head, tasks=False, timeout=20))
+            data = probe_cluster(head, tasks=False, timeout=20)
+            last, ids = alive_ips(data), alive_node_ids(data)
         except AssertionError:
-            last = {}
-        if all(last.get(ip) == CPUS[name] for name, ip in IPS.items()):
+            last, ids = {}, {}
+        fresh = all(ids.get(IPS[name], set()) - {old} and old not in ids.get(IPS[name], set())
+                    for name, old in (replaced or {}).items())
+        if fresh and all(last.get(ip) == CPUS[name] for name, ip in IPS.items()):
             return time.monotonic() - started
         time.sleep(2)
-    pytest.fail(f"not all nodes alive after {timeout:.0f} s: {last}")
+    pytest.fail(f"not all nodes alive after {timeout:.0f} s: {last}, node ids {ids}, replaced {replaced}")
 
 
 # Suites added on 2026-11-29 whose parts ran on developers' clusters but have not yet passed together

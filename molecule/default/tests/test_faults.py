@@ -33,6 +33,7 @@ from conftest import (
     alive_ips,
     as_user,
     base_dir,
+    node_id_of,
     probe_cluster,
     wait_for_all_alive,
 )
@@ -122,13 +123,19 @@ class Job:
     summary: str
     faults: list[str] = field(default_factory=list)
     resumed_from: int | None = None
+    # The status the job ended with, seen while the job API still knew it: a head restart empties
+    # the job table (its records live in the GCS), so a later status query says "does not exist".
+    final: str | None = None
     summary_data: dict[str, Any] = field(default_factory=dict)
     comparison: dict[str, Any] = field(default_factory=dict)
 
 
 def job_status(head: Any, job: str) -> str:
-    """SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING or UNKNOWN: ... from `ray job status`."""
+    """SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING, MISSING (the job API does not know the job: the
+    head restarted since) or UNKNOWN: ... from `ray job status`."""
     res = head.run(as_user([f"{VENV}/ray", "job", "status", f"--address=http://{IPS[HEAD]}:8265", job], TOKEN_ENV))
+    if "does not exist" in res.stdout + res.stderr:
+        return "MISSING"
     text = (res.stdout + res.stderr).upper().replace(job.upper(), "")
     for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
         if word in text:
@@ -185,11 +192,16 @@ def read_summary(head: Any, job: Job) -> dict[str, Any]:
 
 
 def wait_finished(head: Any, job: Job, timeout: float = JOB_TIMEOUT_S) -> str:
+    """The job's final status (remembered in job.final once the job has ended)."""
+    if job.final is not None:
+        return job.final
     started = time.monotonic()
     status = job_status(head, job.id)
     while status in {"RUNNING", "PENDING"} and time.monotonic() - started < timeout:
         time.sleep(3)
         status = job_status(head, job.id)
+    if status in {"SUCCEEDED", "FAILED", "STOPPED"}:
+        job.final = status
     return status
 
 
@@ -258,8 +270,10 @@ def campaign(host: Any) -> Iterator[Campaign]:
         host.run(f"kill -TERM -- -{camp.serial_pid} 2>/dev/null || true")
 
 
-def recover(head: Any) -> float:
-    return wait_for_all_alive(head, timeout=RECOVERY_TIMEOUT_S)
+def recover(head: Any, replaced: dict[str, str] | None = None) -> float:
+    """Seconds until all nodes are alive with their CPUs; replaced: {host: its Ray node's id before a
+    fault that ends that node}, which must be dead and replaced by a new node."""
+    return wait_for_all_alive(head, timeout=RECOVERY_TIMEOUT_S, replaced=replaced)
 
 
 def others_alive(head: Any) -> bool:
@@ -281,6 +295,7 @@ def test_1_log_folder_unwritable_and_disk_full(campaign: Campaign) -> None:
     before = root(worker, f"stat -c '%a %U:%G' {LOGS} {LOGS}/worker_error.log").split("\n")
     (dir_mode, dir_owner), (err_mode, err_owner) = (line.split() for line in before[:2])
     since = root(worker, "date +%s").strip()
+    old_id = node_id_of(head, WORKER)
     root(
         worker,
         f"cd {LOGS} && mv worker.log worker.log.faults && ln -s /dev/full worker.log"
@@ -291,7 +306,7 @@ def test_1_log_folder_unwritable_and_disk_full(campaign: Campaign) -> None:
         root(worker, f"systemctl restart {UNIT}")
         fault_s = time.monotonic() - t0
         others = others_alive(head)
-        recovery_s = recover(head)
+        recovery_s = recover(head, {WORKER: old_id})
         assert root(worker, f"systemctl is-active {UNIT}").strip() == "active"
         journal = root(worker, f"journalctl -u {UNIT} --since @{since} --no-pager -o cat")
         full = f"ERROR: cannot write the log file {LOGS}/worker.log: [Errno 28] No space left on device"
@@ -317,6 +332,7 @@ def test_2_sigkill_of_the_workers_ray_processes(campaign: Campaign) -> None:
     head, worker = campaign.head, worker_host()
     job = campaign.job_for_fault("SIGKILL of the worker's Ray processes")
     since = root(worker, "date +%s").strip()
+    old_id = node_id_of(head, WORKER)
     t0 = time.monotonic()
     killed = root(
         worker,
@@ -324,11 +340,11 @@ def test_2_sigkill_of_the_workers_ray_processes(campaign: Campaign) -> None:
         ' [ "$p" = "$main" ] || { kill -9 "$p" 2>/dev/null && n=$((n+1)); }; done; echo $n',
     ).strip()
     fault_s = time.monotonic() - t0
-    recovery_s = recover(head)
+    recovery_s = recover(head, {WORKER: old_id})
     print(f"{killed} processes killed")
     assert int(killed) >= 2
     journal = root(worker, f"journalctl -u {UNIT} --since @{since} --no-pager -o cat")
-    assert "ray exited with code -9" in journal, journal[-3000:]
+    assert "ray exited with code -9" in journal, root(worker, f"journalctl -u {UNIT} -n 80 --no-pager -o cat")
     # The supervisor that started with broken logs (test 1) logs this exit to worker.log again.
     log = root(worker, f"tail -n 200 {LOGS}/worker.log")
     assert "ray exited with code -9" in log, "worker.log stayed unwritten after the log folder was restored"
@@ -339,10 +355,11 @@ def test_3_worker_host_restart(campaign: Campaign) -> None:
     head = campaign.head
     job = campaign.job_for_fault("worker host restart")
     _, ip_before = network_of(WORKER)
+    old_id = node_id_of(head, WORKER)
     t0 = time.monotonic()
     podman("restart", WORKER)
     fault_s = time.monotonic() - t0
-    recovery_s = recover(head)
+    recovery_s = recover(head, {WORKER: old_id})
     assert network_of(WORKER)[1] == ip_before == IPS[WORKER]
     campaign.record("2. worker host restarted (podman restart)", job, fault_s, recovery_s)
 
@@ -383,8 +400,8 @@ def test_6_head_restart_and_resume(campaign: Campaign) -> None:
     """The head's restart ends the driver; the re-run on the same results file keeps what was written
     and computes only the rest."""
     head = campaign.head
-    if campaign.current is not None:
-        wait_finished(head, campaign.current)
+    for earlier in campaign.jobs:  # their records go with the head's restart: note how they ended
+        wait_finished(head, earlier)
     campaign.current = None
     job = campaign.job_for_fault("head service restart")
     deadline = time.monotonic() + 180

@@ -88,11 +88,44 @@ def service_uid(container: str) -> int:
     return int(podman("exec", container, "id", "-u", USER).stdout)
 
 
-def worker_range_port(container: str) -> int:
-    """A port of Ray's worker-process range that a Ray worker listens on now."""
-    ports = sorted(p for p in listening(container, service_uid(container)) if 10002 <= p <= 10299)
-    assert ports, f"no Ray worker process listens in 10002-10299 on {container}"
-    return ports[0]
+# A driver on the head whose task sleeps on worker1 without a CPU: Ray's worker processes belong to a
+# job and exit with its driver, so only a running job keeps a port of the worker range open.
+HOLD = r"""
+import sys, time
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(address=sys.argv[1], logging_level="ERROR")
+node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == sys.argv[2])
+@ray.remote(num_cpus=0)
+def hold():
+    time.sleep(600)
+ray.get(hold.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote())
+"""
+HOLD_MARK = "bittrader-security-hold"
+
+
+def worker_ports(container: str) -> list[int]:
+    return sorted(p for p in listening(container, service_uid(container)) if 10002 <= p <= 10299)
+
+
+@pytest.fixture
+def worker_port() -> Any:
+    """A port of Ray's worker-process range that a Ray worker on worker1 listens on while the test runs."""
+    base = base_dir(HEAD)
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{base}/auth_token"}
+    before = set(worker_ports(WORKER))
+    cmd = as_user([f"{base}/venv/bin/python", "-c", HOLD, f"{HEAD_IP}:6379", WORKER_IP, HOLD_MARK], env)
+    podman("exec", "-d", HEAD, "sh", "-c", cmd)
+    try:
+        deadline = time.monotonic() + 90
+        new: list[int] = []
+        while time.monotonic() < deadline and not new:
+            time.sleep(1)
+            new = sorted(set(worker_ports(WORKER)) - before)
+        assert new, f"no Ray worker process started listening in 10002-10299 on {WORKER}"
+        yield new[0]
+    finally:
+        podman("exec", HEAD, "pkill", "-f", HOLD_MARK, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -107,22 +140,22 @@ def intruder() -> Any:
     podman("rm", "-f", "-t", "0", INTRUDER, check=False)
 
 
-def targets() -> list[tuple[str, int]]:
+def targets(worker_port: int) -> list[tuple[str, int]]:
     return [
-        (HEAD_IP, 6379), (HEAD_IP, 8265), (HEAD_IP, 10001), (HEAD_IP, 8076),
-        (WORKER_IP, 8076), (WORKER_IP, 8077), (WORKER_IP, 52365), (WORKER_IP, worker_range_port(WORKER)),
+        (HEAD_IP, 6379), (HEAD_IP, 8265), (HEAD_IP, 10001), (HEAD_IP, 8076), (HEAD_IP, 44227),
+        (WORKER_IP, 8076), (WORKER_IP, 8077), (WORKER_IP, 52365), (WORKER_IP, worker_port),
     ]
 
 
-def test_a_host_outside_the_inventory_is_dropped(intruder: str) -> None:
-    want = targets()
+def test_a_host_outside_the_inventory_is_dropped(intruder: str, worker_port: int) -> None:
+    want = targets(worker_port)
     got = probe_from(intruder, want)
     print("\nfrom the intruder", INTRUDER_IP, {f"{ip}:{p}": r for (ip, p), r in got.items()})
     assert all(r == "timeout" for r in got.values()), got
 
 
-def test_a_cluster_node_reaches_the_same_ports() -> None:
-    got = probe_from(WORKERS[1], targets())
+def test_a_cluster_node_reaches_the_same_ports(worker_port: int) -> None:
+    got = probe_from(WORKERS[1], targets(worker_port))
     assert all(r == "open" for r in got.values()), got
 
 
