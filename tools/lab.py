@@ -11,6 +11,9 @@ podman containers on a network of their own. Verbs:
     benchmark  run the reference benchmark
     timings    provisioning timings: cold converge (fresh containers), idempotent re-run, and a
                worker removed, recreated and added with --limit; writes results/provisioning.json
+    profile    CPU seconds of every process of the lab's nodes over a window (default 60 s), by
+               node and process (Ray's background, the tasks, the supervisor): where the cores go;
+               `./lab profile -- 120` for 120 s; writes results/cpu-profile.json
     down       remove the lab's containers and network
 
 Called through ./lab (which prepares the controller's virtual environment first).
@@ -410,6 +413,110 @@ def timings(lab: Lab, inventory: Path, out: Path, worker: str | None = None) -> 
     return report
 
 
+# Read inside a node: every process's CPU ticks (utime + stime), its command line and comm.
+PROC_SAMPLE = r"""
+import json, os
+out = {}
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode(errors="replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        continue
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    out[pid] = [comm, argv[:6], int(fields[11]) + int(fields[12])]
+print(json.dumps({"ticks_per_s": os.sysconf("SC_CLK_TCK"), "procs": out}))
+"""
+
+
+def process_label(comm: str, argv: list[str]) -> str:
+    """A short name for a process: Ray's named workers and agents (ray::X), its binaries, the Python
+    script or module a python process runs, else the command's name."""
+    if argv and argv[0].startswith("ray::"):
+        return argv[0].split()[0]
+    if not argv:
+        return comm
+    exe = Path(argv[0]).name
+    if exe.startswith("python"):
+        args = argv[1:]
+        while args and args[0].startswith("-") and args[0] != "-m":
+            args = args[1:]
+        if len(args) >= 2 and args[0] == "-m":
+            return f"python -m {args[1]}"
+        if args:
+            name = Path(args[0]).name
+            if name == "ray" and len(args) > 1:  # the venv's `ray` script: ray start, ray stop, ...
+                return f"ray {args[1]}"
+            return name
+        return exe
+    return exe
+
+
+def cpu_profile(before: dict[str, object], after: dict[str, object]) -> dict[str, float]:
+    """CPU seconds per process label between two PROC_SAMPLE outputs of one node (processes that
+    started in between count from zero; processes that ended are not seen)."""
+    tick = float(after["ticks_per_s"])  # type: ignore[arg-type]
+    old: dict[str, list[object]] = before["procs"]  # type: ignore[assignment]
+    new: dict[str, list[object]] = after["procs"]  # type: ignore[assignment]
+    totals: dict[str, float] = {}
+    for pid, (comm, argv, ticks) in new.items():
+        prev = old.get(pid)
+        start = int(prev[2]) if prev is not None and prev[0] == comm else 0  # type: ignore[call-overload]
+        used = (int(ticks) - start) / tick  # type: ignore[call-overload]
+        if used > 0:
+            label = process_label(str(comm), [str(a) for a in argv])  # type: ignore[attr-defined]
+            totals[label] = round(totals.get(label, 0.0) + used, 2)
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def profile_table(report: dict[str, object]) -> str:
+    seconds = float(report["seconds"])  # type: ignore[arg-type]
+    share = 100 / seconds if seconds > 0 else 0.0
+    lines = [f"CPU over {seconds:.0f} s, by node and process (% of one core)"]
+    nodes: dict[str, dict[str, float]] = report["nodes"]  # type: ignore[assignment]
+    for node, procs in nodes.items():
+        total = sum(procs.values())
+        lines.append(f"{node:<14} {'total':<36} {total:>8.1f} s {share * total:>6.1f} %")
+        for label, used in procs.items():
+            if used >= 0.05:
+                lines.append(f"{'':<14} {label[:36]:<36} {used:>8.1f} s {share * used:>6.1f} %")
+    return "\n".join(lines)
+
+
+def profile(lab: Lab, seconds: float, out: Path) -> dict[str, object]:
+    """CPU seconds of every process on each lab node over `seconds` (while the lab idles, or while a
+    benchmark runs from another terminal), printed and written to out."""
+
+    def sample() -> dict[str, dict[str, object]]:
+        got = {}
+        for host in lab.hosts:
+            res = run(["podman", "exec", host.name, "python3", "-c", PROC_SAMPLE], capture=True)
+            got[host.name] = json.loads(res.stdout)
+        return got
+
+    first = sample()
+    started = time.monotonic()
+    time.sleep(seconds)
+    second = sample()
+    elapsed = time.monotonic() - started
+    report: dict[str, object] = {
+        "schema": "bittrader-cpu-profile/1",
+        "seconds": round(elapsed, 1),
+        "cores": os.cpu_count(),
+        "nodes": {name: cpu_profile(first[name], second[name]) for name in first},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(profile_table(report))
+    print(f"wrote {out}")
+    return report
+
+
 def down_containers(lab: Lab) -> None:
     for host in lab.hosts:
         run(["podman", "rm", "-f", "-t", "5", host.name], check=False)
@@ -423,7 +530,9 @@ def down(lab: Lab) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("verb", choices=["image", "up", "converge", "verify", "smoke", "benchmark", "timings", "down"])
+    parser.add_argument(
+        "verb", choices=["image", "up", "converge", "verify", "smoke", "benchmark", "timings", "profile", "down"]
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the image even if cached")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments")
     args = parser.parse_args(argv)
@@ -447,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "timings":
         build_image(force=args.rebuild)
         timings(lab, REPO / "inventory" / "lab", REPO / "results" / "provisioning.json")
+    elif args.verb == "profile":
+        extra = [a for a in args.extra if a != "--"]
+        profile(lab, float(extra[0]) if extra else 60.0, REPO / "results" / "cpu-profile.json")
     elif args.verb == "down":
         down(lab)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -198,3 +199,59 @@ def test_timings_stops_at_a_failed_cold_converge(tmp_path: Path, monkeypatch: py
         lab.timings(lab.Lab(), tmp_path, tmp_path / "p.json")
     assert calls == ["site.yml"]
     assert json.loads((tmp_path / "p.json").read_text())["idempotent_rerun"] is None
+
+
+def test_process_labels_name_rays_parts() -> None:
+    venv = "/home/bittrader/.bittrader_worker/venv"
+    assert lab.process_label("ray::IDLE", ["ray::IDLE"]) == "ray::IDLE"
+    assert lab.process_label("ray::evaluate", ["ray::evaluate_task"]) == "ray::evaluate_task"
+    assert lab.process_label("raylet", [f"{venv}/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet",
+                                        "--raylet_socket_name=x"]) == "raylet"
+    assert lab.process_label("python3", [f"{venv}/bin/python3", "-u", f"{venv}/lib/ray/_private/log_monitor.py",
+                                         "--x"]) == "log_monitor.py"
+    assert lab.process_label("python3", [f"{venv}/bin/python3", f"{venv}/bin/ray", "start", "--block"]) == "ray start"
+    assert lab.process_label("python", [f"{venv}/bin/python", "-m", "bittrader_workload.job"]) == (
+        "python -m bittrader_workload.job"
+    )
+    assert lab.process_label("kworker/0:1", []) == "kworker/0:1"
+    assert lab.process_label("sshd", ["/usr/sbin/sshd", "-D"]) == "sshd"
+
+
+def test_cpu_profile_counts_the_ticks_used_in_the_window() -> None:
+    before = {"ticks_per_s": 100, "procs": {
+        "10": ["raylet", ["/x/raylet"], 500],
+        "11": ["python3", ["/v/python3", "/v/dashboard.py"], 1000],
+        "12": ["ray::IDLE", ["ray::IDLE"], 50],      # ends in the window: not seen
+        "13": ["sleep", ["sleep", "9"], 7],           # pid reused by another program: counts from zero
+    }}
+    after = {"ticks_per_s": 100, "procs": {
+        "10": ["raylet", ["/x/raylet"], 530],
+        "11": ["python3", ["/v/python3", "/v/dashboard.py"], 1250],
+        "13": ["ray::evaluate", ["ray::evaluate"], 40],
+        "14": ["ray::evaluate", ["ray::evaluate"], 60],  # started in the window
+        "15": ["bash", ["bash"], 3],
+    }}
+    got = lab.cpu_profile(before, after)
+    assert got == {"dashboard.py": 2.5, "ray::evaluate": 1.0, "raylet": 0.3, "bash": 0.03}
+    assert list(got) == ["dashboard.py", "ray::evaluate", "raylet", "bash"]  # largest first
+    table = lab.profile_table({"seconds": 10.0, "nodes": {"bt-head": got}})
+    assert "bt-head        total" in table and "38.3 %" in table  # 3.83 s of 10 s
+    assert "bash" not in table  # under 0.05 s
+
+
+def test_profile_verb_samples_each_node_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    ticks = iter(range(0, 1000, 100))
+
+    def fake_run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd[2])
+        sample = {"ticks_per_s": 100, "procs": {"1": ["raylet", ["raylet"], next(ticks)]}}
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(sample), stderr="")
+
+    monkeypatch.setattr(lab, "run", fake_run)
+    monkeypatch.setattr(lab.time, "sleep", lambda s: None)
+    out = tmp_path / "p.json"
+    report = lab.profile(lab.Lab(), 5.0, out)
+    assert calls == ["bt-head", "bt-worker1", "bt-worker2"] * 2
+    assert report["nodes"] == {"bt-head": {"raylet": 3.0}, "bt-worker1": {"raylet": 3.0}, "bt-worker2": {"raylet": 3.0}}
+    assert json.loads(out.read_text())["schema"] == "bittrader-cpu-profile/1"
