@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,28 @@ CPUS = {HEAD: 0, WORKERS[0]: 1, WORKERS[1]: 1}
 ALL_HOSTS = [f"podman://{name}" for name in IPS]
 USER = "bittrader"
 HOME = f"/home/{USER}"
+
+
+def run_playbook(*args: str, extra_inventory: Path | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ansible-playbook with this repository's settings against the Molecule inventory (plus
+    extra_inventory), uncoloured; returns the finished process and its seconds. Playbook paths are
+    relative to the repository."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORCE_COLOR": "0"}
+    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]]
+    if extra_inventory is not None:
+        cmd += ["-i", str(extra_inventory)]
+    started = time.monotonic()
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=REPO, env=env, check=False)
+    return done, time.monotonic() - started
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counts per host."""
+    found: dict[str, dict[str, int]] = {}
+    for match in re.finditer(r"^(\S+)\s+: (ok=.*)$", output, re.M):
+        found[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    return found
 
 
 def base_dir(name: str) -> str:
@@ -94,18 +118,3 @@ def wait_for_all_alive(head: Any, timeout: float, replaced: dict[str, str] | Non
             return time.monotonic() - started
         time.sleep(2)
     pytest.fail(f"not all nodes alive after {timeout:.0f} s: {last}, node ids {ids}, replaced {replaced}")
-
-
-# Suites added on 2026-11-29 whose parts ran on developers' clusters but have not yet passed together
-# on the Molecule cluster: they run with BITTRADER_MOLECULE_EXTENDED=1 (`BITTRADER_MOLECULE_EXTENDED=1
-# ./lab test`) until a full run has passed, then join the default run.
-EXTENDED = {"test_faults.py", "test_lifecycle.py", "test_security.py", "test_workload.py"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("BITTRADER_MOLECULE_EXTENDED") == "1":
-        return
-    skip = pytest.mark.skip(reason="extended suite: set BITTRADER_MOLECULE_EXTENDED=1")
-    for item in items:
-        if item.path.name in EXTENDED:
-            item.add_marker(skip)

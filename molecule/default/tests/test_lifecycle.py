@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from typing import Any
 
 import pytest
 import testinfra
-from conftest import CPUS, HEAD, IPS, REPO, WORKERS, alive_ips, as_user, base_dir, probe_cluster, wait_for_all_alive
+from conftest import (
+    CPUS,
+    HEAD,
+    IPS,
+    REPO,
+    WORKERS,
+    alive_ips,
+    as_user,
+    base_dir,
+    probe_cluster,
+    recap,
+    run_playbook,
+    wait_for_all_alive,
+)
 
 testinfra_hosts = [f"podman://{HEAD}"]
 WORKER = WORKERS[0]
@@ -31,19 +43,8 @@ TIMES: dict[str, float] = {}
 
 
 def playbook(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run a playbook of this repository against the Molecule inventory; returns the finished process."""
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_FORCE_COLOR": "0"}
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP counts per host."""
-    found: dict[str, dict[str, int]] = {}
-    for match in re.finditer(r"^(\S+)\s+: (ok=.*)$", output, re.M):
-        found[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
-    return found
+    """Run a playbook (an absolute path or one relative to the repository) against the Molecule inventory."""
+    return run_playbook(*args)[0]
 
 
 def tail(res: subprocess.CompletedProcess[str]) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CPUS, HEAD, IPS, REPO, USER, WORKERS, as_user, base_dir, probe_cluster
+from conftest import CPUS, HEAD, IPS, REPO, USER, WORKERS, as_user, base_dir, probe_cluster, run_playbook
 
 testinfra_hosts = [f"podman://{HEAD}"]
 HEAD_BASE = base_dir(HEAD)
@@ -42,23 +42,7 @@ GIT_REPO = "/srv/bittrader-strategy.git"
 GIT_CHECKOUT = f"{base_dir(GIT_HOST)}/strategy"
 
 
-def playbook(*args: str, extra_inventory: Path | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run a playbook of this repository against the Molecule inventory; returns it and its seconds."""
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_FORCE_COLOR": "0"}
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]]
-    if extra_inventory is not None:
-        cmd += ["-i", str(extra_inventory)]
-    started = time.monotonic()
-    done = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=REPO, env=env, check=False)
-    return done, time.monotonic() - started
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    found: dict[str, dict[str, int]] = {}
-    for match in re.finditer(r"^(\S+)\s+: (ok=.*)$", output, re.M):
-        found[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
-    return found
+playbook = run_playbook
 
 
 def tail(res: subprocess.CompletedProcess[str]) -> str:

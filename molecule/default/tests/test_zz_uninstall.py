@@ -3,11 +3,9 @@ nothing. (Runs after the other tests; Molecule destroys the containers afterward
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
-from conftest import ALL_HOSTS, HEAD, REPO, USER, WORKERS
+from conftest import ALL_HOSTS, HEAD, USER, WORKERS, run_playbook
 
 testinfra_hosts = ALL_HOSTS
 _runs: list[str] = []
@@ -15,21 +13,7 @@ _runs: list[str] = []
 
 def uninstall() -> str:
     """Run the uninstall playbook against Molecule's inventory (once per round), return its output."""
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    res = subprocess.run(
-        ["ansible-playbook", "-i", inventory, str(REPO / "playbooks/uninstall.yml")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        check=False,
-    )
+    res, _ = run_playbook("playbooks/uninstall.yml")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     return res.stdout
 
