@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -249,6 +250,23 @@ def up_containers(lab: Lab) -> None:
         ])
     for host in lab.hosts:
         wait_for_systemd(host.name)
+    for host in lab.hosts:
+        wait_for_port(host.ip, 22)
+
+
+def wait_for_port(address: str, port: int, timeout: float = 90.0) -> float:
+    """Seconds until a TCP connection to address:port succeeds. A container made again at the same
+    address can be unreachable for a while from the controller (its neighbour entry still names the
+    old container), and Ansible would call the host unreachable."""
+    started = time.monotonic()
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=2):
+                return time.monotonic() - started
+        except OSError:
+            if time.monotonic() - started > timeout:
+                raise SystemExit(f"{address}:{port} not reachable after {timeout:.0f} s") from None
+            time.sleep(1)
 
 
 def wait_for_systemd(name: str, timeout: float = 60.0) -> None:

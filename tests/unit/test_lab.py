@@ -255,3 +255,15 @@ def test_profile_verb_samples_each_node_twice(tmp_path: Path, monkeypatch: pytes
     assert calls == ["bt-head", "bt-worker1", "bt-worker2"] * 2
     assert report["nodes"] == {"bt-head": {"raylet": 3.0}, "bt-worker1": {"raylet": 3.0}, "bt-worker2": {"raylet": 3.0}}
     assert json.loads(out.read_text())["schema"] == "bittrader-cpu-profile/1"
+
+
+def test_wait_for_port_waits_for_a_listener_on_loopback() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert lab.wait_for_port("127.0.0.1", server.getsockname()[1], timeout=5) < 5
+        port = server.getsockname()[1]
+    with pytest.raises(SystemExit, match="not reachable"):
+        lab.wait_for_port("127.0.0.1", port, timeout=0.5)
