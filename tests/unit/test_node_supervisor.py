@@ -249,3 +249,35 @@ def test_sigterm_stops_ray_and_exits_zero(tmp_path: Path) -> None:
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
+
+
+def test_a_process_that_ends_mid_scan_does_not_blind_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's short-lived processes end all the time; one that ends between the listing of the
+    children and the reading of its name must not make the scan fail (a failed scan sees nothing,
+    so a raylet that has just started would never count as seen, and a dead one never as gone)."""
+    psutil = pytest.importorskip("psutil")
+
+    class Child:
+        def __init__(self, name: str | None) -> None:
+            self._name = name
+
+        def name(self) -> str:
+            if self._name is None:
+                raise psutil.NoSuchProcess(4242)
+            return self._name
+
+    tree: dict[str, list[Child]] = {"now": [Child("raylet"), Child(None), Child("gcs_server")]}
+
+    class Proc:
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+        def children(self, recursive: bool = False) -> list[Child]:
+            return tree["now"]
+
+    monkeypatch.setattr(psutil, "Process", Proc)
+    seen: set[str] = set()
+    assert node.critical_gone(1, ("raylet",), seen) is None
+    assert seen == {"raylet"}
+    tree["now"] = [Child(None), Child("ray::IDLE")]
+    assert node.critical_gone(1, ("raylet",), seen) == "raylet"

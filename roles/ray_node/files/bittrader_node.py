@@ -206,9 +206,15 @@ def critical_gone(pid: int, names: tuple[str, ...], seen: set[str]) -> str | Non
     except ImportError:
         return None
     try:
-        running = {p.name() for p in psutil.Process(pid).children(recursive=True)}
+        children = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return None
+    running: set[str] = set()
+    for child in children:  # Ray starts and ends processes all the time: one may end mid-scan
+        try:
+            running.add(child.name())
+        except psutil.Error:
+            continue
     present = {name for name in names if any(proc.startswith(name) for proc in running)}
     seen.update(present)
     gone = sorted(seen - present)
