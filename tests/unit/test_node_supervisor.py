@@ -209,16 +209,19 @@ def test_watchdog_kills_a_ray_start_that_ignores_sigterm(tmp_path: Path, monkeyp
     monkeypatch.setattr(node, "KILL_AFTER_S", 3.0)
     config = make_config(tmp_path, "hang")
     result: dict[str, int] = {}
-    runner = threading.Thread(target=lambda: result.update(code=node.run_once(config)))
+    runner = threading.Thread(target=lambda: result.update(code=node.run_once(config)), daemon=True)
     started = time.monotonic()
     runner.start()
     pid_file = tmp_path / "raylet.pid"
-    while not pid_file.exists() and time.monotonic() - started < 10:
-        time.sleep(0.1)
-    time.sleep(node.WATCH_INTERVAL_S + 0.5)
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)
-    runner.join(timeout=30)
-    assert not runner.is_alive(), "the supervisor is stuck on a ray start that ignores SIGTERM"
+    try:
+        while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() - started < 10:
+            time.sleep(0.1)
+        time.sleep(node.WATCH_INTERVAL_S + 0.5)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        runner.join(timeout=30)
+        assert not runner.is_alive(), "the supervisor is stuck on a ray start that ignores SIGTERM"
+    finally:  # whatever happened, nothing of the fake Ray outlives the test
+        subprocess.run(["pkill", "-KILL", "-f", str(tmp_path)], check=False)
     assert result["code"] != 0
     print(f"hung ray start killed; supervisor returned after {time.monotonic() - started:.1f} s")
 
