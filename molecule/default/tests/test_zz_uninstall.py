@@ -3,9 +3,7 @@ nothing. (Runs after the other tests; Molecule destroys the containers afterward
 
 from __future__ import annotations
 
-import re
-
-from conftest import ALL_HOSTS, HEAD, USER, WORKERS, run_playbook
+from conftest import ALL_HOSTS, HEAD, USER, WORKERS, recap, run_playbook
 
 testinfra_hosts = ALL_HOSTS
 _runs: list[str] = []
@@ -19,7 +17,7 @@ def uninstall() -> str:
 
 
 def changed_counts(output: str) -> dict[str, int]:
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", output, re.M)}
+    return {host: counts["changed"] for host, counts in recap(output).items()}
 
 
 def test_uninstall_removes_everything_and_is_idempotent(host) -> None:  # type: ignore[no-untyped-def]
