@@ -92,6 +92,7 @@ def test_cluster_matches_serial(ray_local: str, tmp_path: Path) -> None:
 
     serial = json.loads(serial_sum.read_text(encoding="utf-8"))
     assert serial["mode"] == "serial" and serial["cluster_cpus"] == 1.0
+    assert serial["pinned_to_nodes"] == 0 and summary["pinned_to_nodes"] == 1
     assert all(r["node_id"] is None for r in read_lines(serial_res))
 
 
@@ -118,6 +119,7 @@ def test_resume_runs_only_the_missing_ids(ray_local: str, tmp_path: Path) -> Non
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     assert summary["evaluations_skipped"] == 3 and summary["evaluations_run"] == 3
     assert summary["evaluations_done"] == 6 and summary["status"] == "complete"
+    assert summary["pinned_to_nodes"] == 0  # neither --every-node nor --expect-nodes
 
     # Nothing left: a third run computes nothing and succeeds.
     assert job.main([*SMALL, "--mode", "cluster", "--results", str(partial), "--quiet"]) == job.EXIT_OK
@@ -165,6 +167,7 @@ def test_expect_nodes_fails_with_exit_code_2(ray_local: str, tmp_path: Path) -> 
     assert "expected at least 2" in proc.stderr
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     assert summary["status"] == "complete" and summary["expect_nodes_ok"] is False
+    assert summary["pinned_to_nodes"] == 1  # --expect-nodes: one evaluation given to the one node with CPUs
     assert summary["distinct_nodes"] == 1
 
 

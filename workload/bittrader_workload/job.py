@@ -39,6 +39,7 @@ from typing import IO, Any, NoReturn
 import numpy as np
 import ray
 from numpy.typing import NDArray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import bittrader_workload
 from bittrader_workload import THREAD_ENV_VARS
@@ -289,7 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", type=Path, default=None, help="JSON-lines results file (appended; resumable)")
     parser.add_argument("--summary", type=Path, default=None, help="final summary JSON file")
     parser.add_argument(
-        "--expect-nodes", type=int, default=None, help="exit 2 unless at least N distinct nodes ran tasks"
+        "--expect-nodes",
+        type=int,
+        default=None,
+        help="exit 2 unless at least N distinct nodes ran tasks; implies --every-node",
+    )
+    parser.add_argument(
+        "--every-node",
+        action="store_true",
+        help="give each alive node with CPUs one evaluation of its own before Ray schedules the rest, so every "
+        "node runs some even when the tasks are too short for Ray to spill them over to a second node",
     )
     parser.add_argument(
         "--max-retries", type=int, default=DEFAULT_MAX_RETRIES, help="Ray retries of a task lost to a node failure (3)"
@@ -353,6 +363,12 @@ def job_ships_code() -> bool:
     return bool(env.get("working_dir") or env.get("py_modules"))
 
 
+def cpu_node_ids() -> list[str]:
+    """Hex ids of the alive nodes that registered with CPUs (the head gives none), in ray.nodes() order."""
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [n["NodeID"] for n in nodes if n.get("Alive") and float(n.get("Resources", {}).get("CPU", 0)) > 0]
+
+
 def cluster_resources() -> tuple[float, int]:
     """(CPUs the scheduler has over alive nodes, number of alive nodes) of the connected cluster.
 
@@ -383,6 +399,7 @@ class _ClusterOutcome:
     failures: list[dict[str, Any]] = field(default_factory=list)
     fatal: bool = False
     put_s: float = 0.0
+    pinned: int = 0  # evaluations given to one node each (--every-node)
 
 
 def _run_cluster(
@@ -392,20 +409,31 @@ def _run_cluster(
     writer: ResultsWriter,
     progress: _Progress,
     max_retries: int,
+    every_node: bool = False,
 ) -> _ClusterOutcome:
     outcome = _ClusterOutcome()
     t0 = time.perf_counter()
     candles_ref = ray.put(candles)  # once: every task reads the same object (zero-copy on each node)
     outcome.put_s = time.perf_counter() - t0
-    task = evaluate_task.options(
-        num_cpus=1,
-        max_retries=max_retries,
-        retry_exceptions=False,  # an exception in the backtest is a bug: never retried
-        runtime_env={"env_vars": SINGLE_THREAD_ENV},
-    )
+    options: dict[str, Any] = {
+        "num_cpus": 1,
+        "max_retries": max_retries,
+        "retry_exceptions": False,  # an exception in the backtest is a bug: never retried
+        "runtime_env": {"env_vars": SINGLE_THREAD_ENV},
+    }
+    task = evaluate_task.options(**options)
+    # A worker lease is reused for the next queued task of the same kind, so short tasks can all finish
+    # on the first node before a second node has started a worker. A node affinity is part of a task's
+    # scheduling class: each pinned task gets a lease of its own, on its node.
+    pinned = cpu_node_ids() if every_node else []
+    outcome.pinned = len(pinned[: len(todo)])
     ids: dict[ray.ObjectRef[Any], int] = {}
-    for ps in todo:
-        ids[task.remote(candles_ref, ps.to_dict(), run)] = ps.id
+    for i, ps in enumerate(todo):
+        where = task
+        if i < len(pinned):  # soft: a node that died or lost its CPUs meanwhile hands it to the scheduler
+            affinity = NodeAffinitySchedulingStrategy(pinned[i], soft=True)
+            where = evaluate_task.options(**options, scheduling_strategy=affinity)
+        ids[where.remote(candles_ref, ps.to_dict(), run)] = ps.id
     pending = list(ids)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -470,6 +498,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    every_node = args.every_node or args.expect_nodes is not None
     if args.params > MAX_PARAMS:
         print(f"error: --params must be at most {MAX_PARAMS}", file=sys.stderr)
         return EXIT_USAGE
@@ -501,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[dict[str, Any]] = []
     fatal = False
     put_s = 0.0
+    pinned = 0
     shipped = False
     try:
         if args.mode == "serial":
@@ -521,9 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{'shipped with the job' if shipped else 'imported from each node'}", flush=True)
             wall_started_at = time.time()
             wall_t0 = time.perf_counter()
-            outcome = _run_cluster(candles, todo, run, writer, progress, args.max_retries)
+            outcome = _run_cluster(candles, todo, run, writer, progress, args.max_retries, every_node)
             wall_s = time.perf_counter() - wall_t0
             new, failures, fatal, put_s = outcome.records, outcome.failures, outcome.fatal, outcome.put_s
+            pinned = outcome.pinned
     finally:
         writer.close()
         if owns_ray:
@@ -562,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cluster_cpus": cpus,
         "alive_nodes": alive,
         "max_retries": args.max_retries,
+        "pinned_to_nodes": pinned,
         "nodes": node_rows,
         "busy_s": sum(float(r["busy_s"]) for r in node_rows),
         "distinct_nodes": distinct_nodes,

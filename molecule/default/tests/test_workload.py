@@ -277,6 +277,7 @@ def test_a_job_without_shipped_code_runs_each_nodes_own_code(host, strategy: Str
         host.run(as_user(["rmdir", "--ignore-fail-on-non-empty", f"{HEAD_BASE}/jobs"]))
     print(f"\njob without shipped code: {took:.1f} s, {len(records)} evaluations")
     assert summary["status"] == "complete" and summary["code"]["shipped_by_job"] is False
+    assert summary["pinned_to_nodes"] == 2  # --expect-nodes: one of the 8 short tasks given to each worker
     driver = summary["code"]["driver"]
     assert driver["path"] == f"{FOLDER_HOSTS[HEAD][1]}/bittrader_workload"
     assert (driver["version"], driver["sha256"]) == (strategy.folder_version, strategy.folder_print["sha256"])
