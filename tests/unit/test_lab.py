@@ -71,14 +71,29 @@ def test_lab_and_molecule_addresses_lie_in_the_lab_cidr() -> None:
 
 
 def test_lab_inventory_reaches_the_nodes_over_ssh_as_the_images_login() -> None:
-    data = yaml.safe_load((REPO / "inventory/lab/hosts.yml").read_text())
-    lab_vars = data["ray_cluster"]["vars"]
+    lab_vars = yaml.safe_load((REPO / "inventory/lab/group_vars/ray_cluster.yml").read_text())
     assert lab_vars["ansible_connection"] == "ansible.builtin.ssh"
     assert lab_vars["ansible_user"] == lab.SSH_USER != "root"
     assert lab_vars["ansible_host"] == "{{ bittrader_node_ip }}"
     assert "BITTRADER_LAB_SSH_KEY" in lab_vars["ansible_ssh_private_key_file"]
     cfg = (REPO / "ansible.cfg").read_text()
     assert "pipelining = True" in cfg
+
+
+def test_molecule_reaches_its_nodes_over_ssh_with_the_labs_settings() -> None:
+    molecule = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())
+    provisioner = molecule["provisioner"]
+    # The podman driver writes ansible_connection as a host variable; connection_options replaces it,
+    # and the linked lab group_vars give the rest (address, login, key).
+    assert provisioner["connection_options"]["ansible_connection"] == "ansible.builtin.ssh"
+    linked = (REPO / "molecule/default" / provisioner["inventory"]["links"]["group_vars"]).resolve()
+    assert linked == (REPO / "inventory/lab/group_vars").resolve()
+    assert (linked / "ray_cluster.yml").is_file()
+    create = yaml.safe_load((REPO / "molecule/default/create.yml").read_text())
+    tasks = {t["name"]: t for t in create[0]["tasks"]}
+    mounts = tasks["Start the systemd containers"]["containers.podman.podman_container"]["volume"]
+    assert mounts == [f"{{{{ create_ssh_key }}}}.pub:/home/{lab.SSH_USER}/.ssh/authorized_keys:ro"]
+    assert tasks["Wait until each node's SSH server answers"]["ansible.builtin.wait_for"]["port"] == 22
 
 
 def test_image_layer_has_sshd_per_container_host_keys_and_a_sudo_login() -> None:
