@@ -66,6 +66,25 @@ def as_user(cmd: list[str], env: dict[str, str] | None = None) -> str:
     return " ".join(shlex.quote(p) for p in prefix + cmd)
 
 
+HEAD_BASE = base_dir(HEAD)
+TOKEN_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{HEAD_BASE}/auth_token"}
+
+
+def job_status(head: Any, job: str) -> str:
+    """SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING, MISSING (the job API does not know the job: the
+    head restarted since) or UNKNOWN: ... from `ray job status` (it prints "Job 'ID' succeeded" when
+    done, "Status for job 'ID': RUNNING" before)."""
+    res = head.run(as_user([f"{HEAD_BASE}/venv/bin/ray", "job", "status", f"--address=http://{IPS[HEAD]}:8265", job],
+                           TOKEN_ENV))
+    if "does not exist" in res.stdout + res.stderr:
+        return "MISSING"
+    text = (res.stdout + res.stderr).upper().replace(job.upper(), "")
+    for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+        if word in text:
+            return word
+    return "UNKNOWN: " + (res.stdout + res.stderr)[-500:]
+
+
 def probe_cluster(head: Any, tasks: bool = True, timeout: int = 120) -> dict[str, Any]:
     """Run the verification module's probe on the head as the service user; returns its JSON."""
     base = base_dir(HEAD)

@@ -26,13 +26,16 @@ import testinfra
 from conftest import (
     CPUS,
     HEAD,
+    HEAD_BASE,
     IPS,
     REPO,
+    TOKEN_ENV,
     USER,
     WORKERS,
     alive_ips,
     as_user,
     base_dir,
+    job_status,
     node_id_of,
     probe_cluster,
     wait_for_all_alive,
@@ -49,11 +52,9 @@ PARAMS = 160
 MIN_LEFT = PARAMS // 3
 RECOVERY_TIMEOUT_S = 300
 JOB_TIMEOUT_S = 900
-HEAD_BASE = base_dir(HEAD)
 JOBS = f"{HEAD_BASE}/jobs/faults"
 CODE = f"{JOBS}/code"
 VENV = f"{HEAD_BASE}/venv/bin"
-TOKEN_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{HEAD_BASE}/auth_token"}
 LOGS = f"{base_dir(WORKER)}/logs"
 
 # Run on the head with the workload's own code: results of a job against the serial reference
@@ -129,18 +130,6 @@ class Job:
     summary_data: dict[str, Any] = field(default_factory=dict)
     comparison: dict[str, Any] = field(default_factory=dict)
 
-
-def job_status(head: Any, job: str) -> str:
-    """SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING, MISSING (the job API does not know the job: the
-    head restarted since) or UNKNOWN: ... from `ray job status`."""
-    res = head.run(as_user([f"{VENV}/ray", "job", "status", f"--address=http://{IPS[HEAD]}:8265", job], TOKEN_ENV))
-    if "does not exist" in res.stdout + res.stderr:
-        return "MISSING"
-    text = (res.stdout + res.stderr).upper().replace(job.upper(), "")
-    for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if word in text:
-            return word
-    return "UNKNOWN: " + (res.stdout + res.stderr)[-300:]
 
 
 def submit(head: Any, job_id: str, results: str | None = None) -> Job:

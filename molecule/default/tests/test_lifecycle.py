@@ -19,12 +19,15 @@ import testinfra
 from conftest import (
     CPUS,
     HEAD,
+    HEAD_BASE,
     IPS,
     REPO,
+    TOKEN_ENV,
     WORKERS,
     alive_ips,
     as_user,
     base_dir,
+    job_status,
     probe_cluster,
     recap,
     run_playbook,
@@ -33,8 +36,6 @@ from conftest import (
 
 testinfra_hosts = [f"podman://{HEAD}"]
 WORKER = WORKERS[0]
-HEAD_BASE = base_dir(HEAD)
-TOKEN_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{HEAD_BASE}/auth_token"}
 # The threshold the Molecule head's host_vars set (bittrader_health_missing_warn_s).
 WARN_AFTER_S = 15
 OTHER_RAY = os.environ.get("BITTRADER_TEST_OTHER_RAY", "2.59.0")
@@ -62,15 +63,6 @@ def health_check(head: Any) -> dict[str, Any]:
     record: dict[str, Any] = json.loads(status.stdout)
     return record
 
-
-def job_status(head: Any, job: str) -> str:
-    res = head.run(as_user([f"{HEAD_BASE}/venv/bin/ray", "job", "status", f"--address=http://{IPS[HEAD]}:8265", job],
-                           TOKEN_ENV))
-    text = (res.stdout + res.stderr).upper().replace(job.upper(), "")
-    for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if word in text:
-            return word
-    return "UNKNOWN: " + (res.stdout + res.stderr)[-500:]
 
 
 def service_stamps(names: list[str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import testinfra
-from conftest import HEAD, IPS, REPO, WORKERS, as_user, base_dir, probe_cluster
+from conftest import HEAD, IPS, REPO, WORKERS, as_user, base_dir, job_status, probe_cluster
 
 testinfra_hosts = [f"podman://{HEAD}"]
 WORKER = WORKERS[1]
@@ -37,24 +37,6 @@ def wait_cpus(head, want: float, timeout: float) -> float:  # type: ignore[no-un
         time.sleep(1)
     raise AssertionError(f"{WORKER} has {seen} CPUs after {timeout:.0f} s, expected {want}")
 
-
-def job_status(head, job: str) -> str:  # type: ignore[no-untyped-def]
-    """SUCCEEDED, FAILED, STOPPED, RUNNING or PENDING, from `ray job status` (it prints
-    "Job 'ID' succeeded" when done, "Status for job 'ID': RUNNING" before)."""
-    base = base_dir(HEAD)
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{base}/auth_token"}
-    res = head.run(as_user([f"{base}/venv/bin/ray", "job", "status", f"--address=http://{IPS[HEAD]}:8265", job], env))
-    text = (res.stdout + res.stderr).upper().replace(job.upper(), "")
-    for word, status in (
-        ("SUCCEEDED", "SUCCEEDED"),
-        ("FAILED", "FAILED"),
-        ("STOPPED", "STOPPED"),
-        ("RUNNING", "RUNNING"),
-        ("PENDING", "PENDING"),
-    ):
-        if word in text:
-            return status
-    return "UNKNOWN: " + (res.stdout + res.stderr)[-500:]
 
 
 def test_cpus_follow_activity_while_a_job_runs_and_nothing_is_lost(host) -> None:  # type: ignore[no-untyped-def]

@@ -22,12 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CPUS, HEAD, IPS, REPO, USER, WORKERS, as_user, base_dir, probe_cluster, run_playbook
+from conftest import (
+    CPUS,
+    HEAD,
+    HEAD_BASE,
+    IPS,
+    REPO,
+    TOKEN_ENV,
+    USER,
+    WORKERS,
+    as_user,
+    base_dir,
+    probe_cluster,
+    run_playbook,
+)
 
 testinfra_hosts = [f"podman://{HEAD}"]
-HEAD_BASE = base_dir(HEAD)
 VENV_PY = f"{HEAD_BASE}/venv/bin/python"
-TOKEN_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{HEAD_BASE}/auth_token"}
 HOME = f"/home/{USER}"
 # The smoke size must finish within 2 minutes (playbook included) on a quiet machine; a loaded
 # developer machine may raise the limit.
