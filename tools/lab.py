@@ -14,6 +14,10 @@ podman containers on a network of their own. Verbs:
     profile    CPU seconds of every process of the lab's nodes over a window (default 60 s), by
                node and process (Ray's background, the tasks, the supervisor): where the cores go;
                `./lab profile -- 120` for 120 s; writes results/cpu-profile.json
+    ceiling    what two cores can give at all: the reference backtest's serial mode on one worker
+               alone, then on both workers at once (Ray idle beside it), then on both with Ray
+               stopped; per-evaluation times, the efficiency ceiling of this machine and Ray's idle
+               cost; `./lab ceiling -- CANDLES PARAMS` (297000 24); writes results/ceiling.json
     down       remove the lab's containers and network
 
 Called through ./lab (which prepares the controller's virtual environment first).
@@ -535,6 +539,122 @@ def profile(lab: Lab, seconds: float, out: Path) -> dict[str, object]:
     return report
 
 
+# The lab's service user and where each node keeps its venv (roles/bittrader defaults, lab inventory).
+SERVICE_USER = "bittrader"
+CEILING_DIR = "/tmp/bt-ceiling"  # on each worker, removed afterwards
+
+
+def node_venv_python(name: str) -> str:
+    base = ".bittrader_head" if name.endswith("head") else ".bittrader_worker"
+    return f"/home/{SERVICE_USER}/{base}/venv/bin/python"
+
+
+def serial_command(name: str, candles: int, params: int) -> list[str]:
+    """podman exec argv: the reference job's serial mode on node `name`, as the service user, from
+    the workload copied to CEILING_DIR; one JSON line per evaluation in CEILING_DIR/r.jsonl."""
+    return [
+        "podman", "exec", name, "runuser", "-u", SERVICE_USER, "--",
+        "env", f"PYTHONPATH={CEILING_DIR}/workload", node_venv_python(name),
+        "-m", "bittrader_workload.job", "--mode=serial", f"--candles={candles}", f"--params={params}",
+        "--quiet", f"--results={CEILING_DIR}/r.jsonl",
+    ]  # fmt: skip
+
+
+def serial_durations(names: list[str], candles: int, params: int) -> dict[str, list[float]]:
+    """Run the serial job on every node in `names` at once; each node's per-evaluation seconds."""
+    for name in names:
+        run(["podman", "exec", name, "rm", "-f", f"{CEILING_DIR}/r.jsonl"])
+    procs = {name: subprocess.Popen(serial_command(name, candles, params), env=lab_env(), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for name in names}
+    out: dict[str, list[float]] = {}
+    for name, proc in procs.items():
+        log, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: the serial job failed (rc {proc.returncode}):\n{log[-2000:]}")
+        res = run(["podman", "exec", name, "cat", f"{CEILING_DIR}/r.jsonl"], capture=True)
+        out[name] = [float(json.loads(line)["duration"]) for line in res.stdout.splitlines() if line.strip()]
+    return out
+
+
+def ceiling_report(alone: list[float], pair: list[list[float]], quiet: list[list[float]]) -> dict[str, object]:
+    """Per-evaluation means of the three runs and what they imply.
+
+    efficiency_ceiling: the parallel efficiency two processes at once can reach at best on this
+    machine (one process's time alone over each one's time when both run, Ray idle beside them, as
+    in the benchmark); ray_idle_cost: how much slower an evaluation is with Ray's background beside
+    it than with Ray stopped.
+    """
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    alone_s = mean(alone)
+    pair_s = mean([d for run_ in pair for d in run_])
+    quiet_s = mean([d for run_ in quiet for d in run_])
+    return {
+        "schema": "bittrader-ceiling/1",
+        "alone_s": round(alone_s, 4),
+        "both_workers_ray_idle_s": round(pair_s, 4),
+        "both_workers_ray_stopped_s": round(quiet_s, 4),
+        "efficiency_ceiling": round(alone_s / pair_s, 3) if pair_s else None,
+        "efficiency_ceiling_without_ray": round(alone_s / quiet_s, 3) if quiet_s else None,
+        "ray_idle_cost": round(pair_s / quiet_s - 1, 3) if quiet_s else None,
+        "evaluations": {"alone": len(alone), "pair": sum(map(len, pair)), "quiet": sum(map(len, quiet))},
+    }
+
+
+def ceiling_table(report: dict[str, object]) -> str:
+    return "\n".join([
+        "per evaluation (mean)                       seconds",
+        f"one worker alone (Ray idle)                 {report['alone_s']:>7.3f}",
+        f"both workers at once (Ray idle)             {report['both_workers_ray_idle_s']:>7.3f}",
+        f"both workers at once (Ray stopped)          {report['both_workers_ray_stopped_s']:>7.3f}",
+        f"efficiency ceiling of 2 CPUs: {report['efficiency_ceiling']} "
+        f"(without Ray's background: {report['efficiency_ceiling_without_ray']}); "
+        f"Ray's idle cost per evaluation: {report['ray_idle_cost']}",
+    ])  # fmt: skip
+
+
+def ray_services(lab: Lab, action: str) -> None:
+    for host in lab.hosts:
+        unit = "bittrader-ray-head" if host.name.endswith("head") else "bittrader-ray-worker"
+        run(["podman", "exec", host.name, "systemctl", action, unit])
+
+
+def ceiling(lab: Lab, candles: int, params: int, out: Path) -> dict[str, object]:
+    """Measure the machine's own limit on parallel efficiency (see ceiling_report) on the lab's two
+    workers; Ray is stopped for the last run and started again whatever happens."""
+    workers = [h.name for h in lab.hosts if not h.name.endswith("head")][:2]
+    try:
+        for name in workers:
+            run(["podman", "exec", name, "install", "-d", "-o", SERVICE_USER, CEILING_DIR])
+            run(["podman", "cp", str(REPO / "workload"), f"{name}:{CEILING_DIR}/workload"])
+            run(["podman", "exec", name, "chown", "-R", SERVICE_USER, CEILING_DIR])
+        alone = serial_durations(workers[:1], candles, params)
+        pair = serial_durations(workers, candles, params)
+        ray_services(lab, "stop")
+        try:
+            quiet = serial_durations(workers, candles, params)
+        finally:
+            ray_services(lab, "start")
+    finally:
+        for name in workers:
+            run(["podman", "exec", name, "rm", "-rf", CEILING_DIR], check=False)
+    report = {
+        **ceiling_report(alone[workers[0]], list(pair.values()), list(quiet.values())),
+        "candles": candles,
+        "params": params,
+        "workers": workers,
+        "cores": os.cpu_count(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(ceiling_table(report))
+    print(f"wrote {out}")
+    return report
+
+
 def down_containers(lab: Lab) -> None:
     for host in lab.hosts:
         run(["podman", "rm", "-f", "-t", "5", host.name], check=False)
@@ -549,7 +669,8 @@ def down(lab: Lab) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "verb", choices=["image", "up", "converge", "verify", "smoke", "benchmark", "timings", "profile", "down"]
+        "verb",
+        choices=["image", "up", "converge", "verify", "smoke", "benchmark", "timings", "profile", "ceiling", "down"],
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the image even if cached")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments")
@@ -577,6 +698,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "profile":
         extra = [a for a in args.extra if a != "--"]
         profile(lab, float(extra[0]) if extra else 60.0, REPO / "results" / "cpu-profile.json")
+    elif args.verb == "ceiling":
+        extra = [a for a in args.extra if a != "--"]
+        candles = int(extra[0]) if extra else 297000
+        params = int(extra[1]) if len(extra) > 1 else 24
+        ceiling(lab, candles, params, REPO / "results" / "ceiling.json")
     elif args.verb == "down":
         down(lab)
 

@@ -282,3 +282,53 @@ def test_wait_for_port_waits_for_a_listener_on_loopback() -> None:
         port = server.getsockname()[1]
     with pytest.raises(SystemExit, match="not reachable"):
         lab.wait_for_port("127.0.0.1", port, timeout=0.5)
+
+
+def test_ceiling_report_separates_the_machine_from_rays_background() -> None:
+    report = lab.ceiling_report([1.0, 1.2], [[1.2, 1.2], [1.3, 1.1]], [[1.1, 1.1], [1.1, 1.1]])
+    assert report["alone_s"] == 1.1 and report["both_workers_ray_idle_s"] == 1.2
+    assert report["efficiency_ceiling"] == round(1.1 / 1.2, 3)
+    assert report["efficiency_ceiling_without_ray"] == 1.0
+    assert report["ray_idle_cost"] == round(1.2 / 1.1 - 1, 3)
+    assert report["evaluations"] == {"alone": 2, "pair": 4, "quiet": 4}
+    assert "efficiency ceiling of 2 CPUs: 0.917" in lab.ceiling_table(report)
+    empty = lab.ceiling_report([], [], [])
+    assert empty["efficiency_ceiling"] is None and empty["ray_idle_cost"] is None
+
+
+def test_serial_command_runs_the_reference_job_as_the_service_user() -> None:
+    cmd = lab.serial_command("bt-worker1", 5000, 3)
+    assert cmd[:7] == ["podman", "exec", "bt-worker1", "runuser", "-u", lab.SERVICE_USER, "--"]
+    assert "/home/bittrader/.bittrader_worker/venv/bin/python" in cmd
+    assert lab.node_venv_python("bt-head") == "/home/bittrader/.bittrader_head/venv/bin/python"
+    assert cmd[cmd.index("-m") + 1] == "bittrader_workload.job"
+    assert {"--mode=serial", "--candles=5000", "--params=3", f"--results={lab.CEILING_DIR}/r.jsonl"} <= set(cmd)
+
+
+def test_ceiling_restarts_ray_and_cleans_up_when_a_run_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[str] = []
+    monkeypatch.setattr(lab, "run", lambda cmd, **kw: steps.append(" ".join(cmd[2:4] + cmd[-2:])))
+    runs: list[list[str]] = []
+
+    def durations(names: list[str], candles: int, params: int) -> dict[str, list[float]]:
+        runs.append(names)
+        if len(runs) == 3:  # the run with Ray stopped
+            raise SystemExit("boom")
+        return {name: [1.0] for name in names}
+
+    monkeypatch.setattr(lab, "serial_durations", durations)
+    with pytest.raises(SystemExit):
+        lab.ceiling(lab.Lab(), 1000, 2, tmp_path / "ceiling.json")
+    assert runs == [["bt-worker1"], ["bt-worker1", "bt-worker2"], ["bt-worker1", "bt-worker2"]]
+    starts = [s for s in steps if " start " in f" {s} "]
+    assert len(starts) == 3  # every node's Ray service started again
+    assert steps[-2:] == [f"bt-worker1 rm -rf {lab.CEILING_DIR}", f"bt-worker2 rm -rf {lab.CEILING_DIR}"]
+    assert not (tmp_path / "ceiling.json").exists()
+
+
+def test_ceiling_writes_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab, "run", lambda cmd, **kw: None)
+    monkeypatch.setattr(lab, "serial_durations", lambda names, c, p: {n: [1.0 + 0.1 * (len(names) - 1)] for n in names})
+    report = lab.ceiling(lab.Lab(), 1000, 2, tmp_path / "ceiling.json")
+    assert json.loads((tmp_path / "ceiling.json").read_text()) == report
+    assert report["efficiency_ceiling"] == round(1.0 / 1.1, 3) and report["candles"] == 1000
