@@ -110,6 +110,7 @@ def test_image_layer_has_sshd_per_container_host_keys_and_a_sudo_login() -> None
 
 def test_ssh_key_is_made_once_and_mounted_as_authorized_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BITTRADER_CACHE", str(tmp_path))
+    monkeypatch.delenv("BITTRADER_LAB_SSH_KEY", raising=False)  # ./lab exports it for Molecule
     key = lab.ssh_key()
     assert key == tmp_path / "bittrader-lab" / "ssh" / "id_ed25519"
     assert key.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
@@ -119,6 +120,8 @@ def test_ssh_key_is_made_once_and_mounted_as_authorized_keys(tmp_path: Path, mon
     assert lab.ssh_key() == key and key.with_suffix(".pub").read_text() == pub  # kept, not remade
     assert lab.ssh_mount() == f"{key}.pub:/home/{lab.SSH_USER}/.ssh/authorized_keys:ro"
     assert lab.lab_env()["BITTRADER_LAB_SSH_KEY"] == str(key)
+    monkeypatch.setenv("BITTRADER_LAB_SSH_KEY", "/elsewhere/key")
+    assert lab.lab_env()["BITTRADER_LAB_SSH_KEY"] == "/elsewhere/key"  # one given is kept
 
 
 RECAP = """
