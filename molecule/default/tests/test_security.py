@@ -98,9 +98,15 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 ray.init(address=sys.argv[1], logging_level="ERROR")
 node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == sys.argv[2])
 @ray.remote(num_cpus=0)
-def hold():
+def hold(ports_file):
+    # The ports this worker process listens on, from itself: root in the container, without
+    # CAP_SYS_PTRACE, cannot map another user's sockets to their process (ss -p).
+    import psutil
+    listen = [c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.status == "LISTEN"]
+    with open(ports_file, "w") as fh:
+        fh.write(" ".join(map(str, sorted(listen))))
     time.sleep(600)
-ray.get(hold.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote())
+ray.get(hold.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(sys.argv[4]))
 """
 HOLD_MARK = "bittrader-security-hold"
 
@@ -111,22 +117,27 @@ def worker_ports(container: str) -> list[int]:
 
 @pytest.fixture
 def worker_port() -> Any:
-    """A port of Ray's worker-process range that a Ray worker on worker1 listens on while the test runs."""
+    """The port of Ray's worker-process range that the Ray worker running the held task listens on, on
+    worker1, while the test runs. (Ray also starts and ends idle worker processes: any new port in the
+    range may close before the probe; this one stays open until the driver ends.)"""
     base = base_dir(HEAD)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{base}/auth_token"}
-    before = set(worker_ports(WORKER))
-    cmd = as_user([f"{base}/venv/bin/python", "-c", HOLD, f"{HEAD_IP}:6379", WORKER_IP, HOLD_MARK], env)
+    ports_file = f"{base_dir(WORKER)}/run/{HOLD_MARK}.ports"
+    cmd = as_user([f"{base}/venv/bin/python", "-c", HOLD, f"{HEAD_IP}:6379", WORKER_IP, HOLD_MARK, ports_file], env)
     podman("exec", "-d", HEAD, "sh", "-c", cmd)
     try:
         deadline = time.monotonic() + 90
-        new: list[int] = []
-        while time.monotonic() < deadline and not new:
+        ports: list[int] = []
+        while time.monotonic() < deadline and not ports:
             time.sleep(1)
-            new = sorted(set(worker_ports(WORKER)) - before)
-        assert new, f"no Ray worker process started listening in 10002-10299 on {WORKER}"
-        yield new[0]
+            listed = podman("exec", WORKER, "cat", ports_file, check=False).stdout.split()
+            ports = [int(p) for p in listed if p.isdigit() and 10002 <= int(p) <= 10299]
+        assert ports, f"the held task's Ray worker on {WORKER} listens on no port in 10002-10299"
+        assert ports[0] in worker_ports(WORKER)  # ss sees it too, as the service user's
+        yield ports[0]
     finally:
         podman("exec", HEAD, "pkill", "-f", HOLD_MARK, check=False)
+        podman("exec", WORKER, "rm", "-f", ports_file, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +163,12 @@ def test_a_host_outside_the_inventory_is_dropped(intruder: str, worker_port: int
     want = targets(worker_port)
     got = probe_from(intruder, want)
     print("\nfrom the intruder", INTRUDER_IP, {f"{ip}:{p}": r for (ip, p), r in got.items()})
-    assert all(r == "timeout" for r in got.values()), got
+    assert all(r == "timeout" for r in got.values()), {k: v for k, v in got.items() if v != "timeout"}
 
 
 def test_a_cluster_node_reaches_the_same_ports(worker_port: int) -> None:
     got = probe_from(WORKERS[1], targets(worker_port))
-    assert all(r == "open" for r in got.values()), got
+    assert all(r == "open" for r in got.values()), {k: v for k, v in got.items() if v != "open"}
 
 
 def test_other_ports_are_left_as_they_were(intruder: str) -> None:
