@@ -1,10 +1,10 @@
 """Lifecycle on the live cluster: the head's health record and status command; remove_worker.yml on
 worker1 while a job runs (the job loses nothing, the others stay alive, the health record warns);
 the add-worker path (`site.yml --limit WORKER1`: the head unchanged, the worker back with its CPUs);
-upgrade.yml's failure path (a host that cannot take the new versions: nothing is switched).
-BITTRADER_TEST_UPGRADE_SWITCH=1 adds a real switch to another Ray release and back (slower: the
-other release's wheels, a second environment on every node). Leaves all three nodes alive with their
-CPUs. Playbooks run against the inventory in MOLECULE_INVENTORY_FILE."""
+upgrade.yml's failure path (a host that cannot take the new versions: nothing is switched), then a
+real switch to another Ray release and back (about 5 min: the other release's wheels, a second
+environment on every node; BITTRADER_TEST_UPGRADE_SWITCH=0 skips it). Leaves all three nodes alive
+with their CPUs. Playbooks run against the inventory in MOLECULE_INVENTORY_FILE."""
 
 from __future__ import annotations
 
