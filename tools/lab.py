@@ -62,6 +62,15 @@ class LabHost:
     name: str
     ip: str
 
+    @property
+    def is_head(self) -> bool:
+        """The lab's head is the host named *-head (inventory/lab/hosts.yml, group ray_head)."""
+        return is_head_name(self.name)
+
+
+def is_head_name(name: str) -> bool:
+    return name.endswith("-head")
+
 
 @dataclass(frozen=True)
 class Lab:
@@ -545,7 +554,7 @@ CEILING_DIR = "/tmp/bt-ceiling"  # on each worker, removed afterwards
 
 
 def node_venv_python(name: str) -> str:
-    base = ".bittrader_head" if name.endswith("head") else ".bittrader_worker"
+    base = ".bittrader_head" if is_head_name(name) else ".bittrader_worker"
     return f"/home/{SERVICE_USER}/{base}/venv/bin/python"
 
 
@@ -617,14 +626,14 @@ def ceiling_table(report: dict[str, object]) -> str:
 
 def ray_services(lab: Lab, action: str) -> None:
     for host in lab.hosts:
-        unit = "bittrader-ray-head" if host.name.endswith("head") else "bittrader-ray-worker"
+        unit = "bittrader-ray-head" if host.is_head else "bittrader-ray-worker"
         run(["podman", "exec", host.name, "systemctl", action, unit])
 
 
 def ceiling(lab: Lab, candles: int, params: int, out: Path) -> dict[str, object]:
     """Measure the machine's own limit on parallel efficiency (see ceiling_report) on the lab's two
     workers; Ray is stopped for the last run and started again whatever happens."""
-    workers = [h.name for h in lab.hosts if not h.name.endswith("head")][:2]
+    workers = [h.name for h in lab.hosts if not h.is_head][:2]
     try:
         for name in workers:
             run(["podman", "exec", name, "install", "-d", "-o", SERVICE_USER, CEILING_DIR])
