@@ -67,6 +67,18 @@ class LabHost:
         """The lab's head is the host named *-head (inventory/lab/hosts.yml, group ray_head)."""
         return is_head_name(self.name)
 
+    @property
+    def mac(self) -> str:
+        """A fixed MAC address made from the IP (as molecule/default/create.yml does): a real NIC keeps
+        its MAC, while podman would draw a new one at each start, which other nodes' ARP caches miss
+        for seconds."""
+        return mac_for(self.ip)
+
+
+def mac_for(ip: str) -> str:
+    """02:42 (locally administered) followed by the IPv4 address's four octets in hex."""
+    return "02:42:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))
+
 
 def is_head_name(name: str) -> bool:
     return name.endswith("-head")
@@ -256,7 +268,8 @@ def up_containers(lab: Lab) -> None:
             continue
         run([
             "podman", "run", "-d", "--name", host.name, "--hostname", host.name,
-            "--network", lab.network, "--ip", host.ip, "--systemd=always",
+            "--network", lab.network, "--ip", host.ip, "--mac-address", host.mac,
+            "--systemd=always",
             f"--shm-size={lab.shm_size}", "--label", "project=bittrader-lab", "--volume", ssh_mount(),
             *[f"--cap-add={cap}" for cap in lab.cap_add],
             IMAGE, "/sbin/init",

@@ -102,12 +102,12 @@ def head_python(head: Any, code: str, *args: str) -> str:
     return str(res.stdout).strip()
 
 
-def network_of(name: str) -> tuple[str, str]:
-    """(network, IP address) of a container with one network."""
+def network_of(name: str) -> tuple[str, str, str]:
+    """(network, IP address, MAC address) of a container with one network."""
     data = json.loads(podman("inspect", name, "--format", "{{json .NetworkSettings.Networks}}"))
     assert len(data) == 1, data
     network, settings = next(iter(data.items()))
-    return network, str(settings["IPAddress"])
+    return network, str(settings["IPAddress"]), str(settings["MacAddress"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,20 +343,20 @@ def test_2_sigkill_of_the_workers_ray_processes(campaign: Campaign) -> None:
 def test_3_worker_host_restart(campaign: Campaign) -> None:
     head = campaign.head
     job = campaign.job_for_fault("worker host restart")
-    _, ip_before = network_of(WORKER)
+    before = network_of(WORKER)
     old_id = node_id_of(head, WORKER)
     t0 = time.monotonic()
     podman("restart", WORKER)
     fault_s = time.monotonic() - t0
     recovery_s = recover(head, {WORKER: old_id})
-    assert network_of(WORKER)[1] == ip_before == IPS[WORKER]
+    assert network_of(WORKER) == before and before[1] == IPS[WORKER]  # same address, same MAC
     campaign.record("2. worker host restarted (podman restart)", job, fault_s, recovery_s)
 
 
 def cut_network(campaign: Campaign, seconds: int) -> None:
     head = campaign.head
     job = campaign.job_for_fault(f"network cut {seconds} s")
-    network, ip = network_of(WORKER)
+    network, ip, mac = network_of(WORKER)
     assert ip == IPS[WORKER]
     t0 = time.monotonic()
     podman("network", "disconnect", network, WORKER)
@@ -366,11 +366,12 @@ def cut_network(campaign: Campaign, seconds: int) -> None:
         dead = IPS[WORKER] not in alive_ips(probe_cluster(head, tasks=False, timeout=20))
         time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
     finally:
-        # A real link comes back with its address (a Tailscale IP is stable): reconnect with it.
-        podman("network", "connect", "--ip", ip, network, WORKER)
+        # A real link comes back with its address (a Tailscale IP is stable) and its NIC's MAC:
+        # reconnect with both. A new MAC would leave worker2's ARP entry stale for about 8 s.
+        podman("network", "connect", "--ip", ip, "--mac-address", mac, network, WORKER)
     fault_s = time.monotonic() - t0
     recovery_s = recover(head)
-    assert network_of(WORKER) == (network, IPS[WORKER])
+    assert network_of(WORKER) == (network, IPS[WORKER], mac)
     print(f"worker1 {'dead' if dead else 'still alive'} in the head's view near the end of the cut")
     if seconds >= 60:
         assert dead, "a 2-minute cut did not mark the worker dead: the fault did not happen"
