@@ -483,6 +483,8 @@ def process_label(comm: str, argv: list[str]) -> str:
     script or module a python process runs, else the command's name."""
     if argv and argv[0].startswith("ray::"):
         return argv[0].split()[0]
+    if argv and argv[0].startswith("ray-dashboard-"):  # the dashboard's module processes: a set title
+        return argv[0].split(" (")[0].split()[0]
     if not argv:
         return comm
     exe = Path(argv[0]).name

@@ -232,6 +232,10 @@ def test_process_labels_name_rays_parts() -> None:
     assert lab.process_label("python", [f"{venv}/bin/python", "-m", "bittrader_workload.job"]) == (
         "python -m bittrader_workload.job"
     )
+    assert lab.process_label("python3", [
+        "ray-dashboard-NodeHead-0 (/v/bin/python3 -c \"from multiprocessing.forkserver import main; "
+        "main(25, 27, ['ray', '/v/lib/python3.11/site-packages']})\")"
+    ]) == "ray-dashboard-NodeHead-0"
     assert lab.process_label("kworker/0:1", []) == "kworker/0:1"
     assert lab.process_label("sshd", ["/usr/sbin/sshd", "-D"]) == "sshd"
 
