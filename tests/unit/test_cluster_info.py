@@ -169,3 +169,47 @@ def test_module_fails_clearly_when_the_cluster_cannot_be_read(tmp_path: Path, mo
     )
     assert code == 1
     assert "cannot read the cluster at 10.0.0.10:6379 (exit 3)" in out["msg"]
+
+
+def expected_nodes(hostvars: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """bittrader_expected_nodes (roles/bittrader/vars/main.yml) rendered by Ansible's templating."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ansible_render import render_value, role_defaults
+
+    value = role_defaults("bittrader")["bittrader_expected_nodes"]
+    result = render_value(value, {"groups": {"ray_cluster": list(hostvars)}, "hostvars": hostvars})
+    return list(result)
+
+
+def test_expected_nodes_take_the_cpus_a_run_resolved() -> None:
+    hostvars = {
+        "head": {"ansible_host": "10.0.0.10", "bittrader_advertise_ip": "10.0.0.10", "bittrader_expected_cpus": 0},
+        "w1": {"ansible_host": "10.0.0.11", "bittrader_advertise_ip": "10.0.0.11", "bittrader_expected_cpus": 2},
+        "laptop": {"ansible_host": "10.0.0.12", "bittrader_throttle_enabled": True, "bittrader_expected_cpus": None},
+    }
+    assert expected_nodes(hostvars) == [
+        {"name": "head", "ip": "10.0.0.10", "cpus": 0},
+        {"name": "w1", "ip": "10.0.0.11", "cpus": 2},
+        {"name": "laptop", "ip": "10.0.0.12", "cpus": None},
+    ]
+
+
+def test_expected_nodes_of_hosts_a_limited_run_did_not_read_keep_the_inventorys_cpus() -> None:
+    """`site.yml --limit head` resolves facts on the head only: the workers' CPUs still come from the
+    inventory where it names them, so the head's health check keeps checking them."""
+    hostvars = {
+        "head": {"ansible_host": "10.0.0.10", "bittrader_advertise_ip": "10.0.0.10", "bittrader_expected_cpus": 0},
+        "w1": {"ansible_host": "10.0.0.11", "bittrader_num_cpus": 1},
+        "w2": {"ansible_host": "10.0.0.12", "bittrader_node_ip": "100.64.0.12", "bittrader_num_cpus": "3"},
+        "laptop": {"ansible_host": "10.0.0.13", "bittrader_num_cpus": 4, "bittrader_throttle_enabled": True},
+        "unsized": {"ansible_host": "10.0.0.14"},
+        "zero": {"ansible_host": "10.0.0.15", "bittrader_num_cpus": 0},
+    }
+    assert expected_nodes(hostvars) == [
+        {"name": "head", "ip": "10.0.0.10", "cpus": 0},
+        {"name": "w1", "ip": "10.0.0.11", "cpus": 1},
+        {"name": "w2", "ip": "100.64.0.12", "cpus": 3},
+        {"name": "laptop", "ip": "10.0.0.13", "cpus": None},
+        {"name": "unsized", "ip": "10.0.0.14", "cpus": None},
+        {"name": "zero", "ip": "10.0.0.15", "cpus": 0},
+    ]
