@@ -182,7 +182,7 @@ def expected_nodes(hostvars: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_expected_nodes_take_the_cpus_a_run_resolved() -> None:
-    hostvars = {
+    hostvars: dict[str, dict[str, Any]] = {
         "head": {"ansible_host": "10.0.0.10", "bittrader_advertise_ip": "10.0.0.10", "bittrader_expected_cpus": 0},
         "w1": {"ansible_host": "10.0.0.11", "bittrader_advertise_ip": "10.0.0.11", "bittrader_expected_cpus": 2},
         "laptop": {"ansible_host": "10.0.0.12", "bittrader_throttle_enabled": True, "bittrader_expected_cpus": None},
@@ -197,7 +197,7 @@ def test_expected_nodes_take_the_cpus_a_run_resolved() -> None:
 def test_expected_nodes_of_hosts_a_limited_run_did_not_read_keep_the_inventorys_cpus() -> None:
     """`site.yml --limit head` resolves facts on the head only: the workers' CPUs still come from the
     inventory where it names them, so the head's health check keeps checking them."""
-    hostvars = {
+    hostvars: dict[str, dict[str, Any]] = {
         "head": {"ansible_host": "10.0.0.10", "bittrader_advertise_ip": "10.0.0.10", "bittrader_expected_cpus": 0},
         "w1": {"ansible_host": "10.0.0.11", "bittrader_num_cpus": 1},
         "w2": {"ansible_host": "10.0.0.12", "bittrader_node_ip": "100.64.0.12", "bittrader_num_cpus": "3"},
