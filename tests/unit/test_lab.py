@@ -176,6 +176,24 @@ def test_provisioning_table_lists_the_three_runs() -> None:
     assert lines[4].startswith("idempotent / cold = 0.10")
 
 
+def test_provisioning_report_compares_the_cold_converge_without_the_wheelhouse() -> None:
+    report = lab.provisioning_report(
+        fake_run(240.0, changed=60), fake_run(25.0), fake_run(150.0, changed=30), fake_run(410.5, changed=60)
+    )
+    assert report["cold_converge_index"]["seconds"] == 410.5  # type: ignore[index]
+    assert report["wheelhouse_saved_s"] == 170.5
+    assert report["ok"]["runs"] is True  # type: ignore[index]
+    lines = lab.provisioning_table(report).splitlines()
+    assert lines[4].startswith("cold converge, no wheelhouse") and "410.5 s" in lines[4]
+    assert lines[-1] == "the wheelhouse saved 170.5 s of the cold converge"
+    # An index run that failed (no index reachable) fails the runs and saves nothing.
+    failed = lab.provisioning_report(fake_run(240.0), fake_run(25.0), fake_run(150.0), fake_run(30.0, rc=2))
+    assert failed["ok"]["runs"] is False and failed["wheelhouse_saved_s"] is None  # type: ignore[index]
+    assert "saved" not in lab.provisioning_table(failed)
+    # Not measured: the three runs decide alone.
+    assert lab.provisioning_report(fake_run(240.0), fake_run(25.0), fake_run(150.0))["wheelhouse_saved_s"] is None
+
+
 def test_timings_verb_measures_the_lab_into_results(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[object, ...]] = []
     monkeypatch.setattr(lab, "build_image", lambda force=False: calls.append(("image", force)))
@@ -186,9 +204,11 @@ def test_timings_verb_measures_the_lab_into_results(monkeypatch: pytest.MonkeyPa
         lab.main(["nonsense"])
 
 
-def test_timings_runs_cold_idempotent_then_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timings_runs_cold_idempotent_limit_then_cold_from_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     steps: list[str] = []
-    seconds = iter([250.0, 20.0, 140.0])
+    seconds = iter([250.0, 20.0, 140.0, 400.0])
     monkeypatch.setattr(lab, "down_containers", lambda the_lab: steps.append("down"))
     monkeypatch.setattr(lab, "up_containers", lambda the_lab: steps.append("up"))
     monkeypatch.setattr(lab, "run", lambda cmd, **kw: steps.append(" ".join(cmd)))
@@ -201,12 +221,19 @@ def test_timings_runs_cold_idempotent_then_limit(tmp_path: Path, monkeypatch: py
     out = tmp_path / "results" / "provisioning.json"
     report = lab.timings(lab.Lab(), tmp_path / "inv", out)
     assert steps == [
-        "down", "up", "site.yml", "site.yml", "podman rm -f -t 5 bt-worker2", "up", "site.yml --limit bt-worker2"
+        "down", "up", "site.yml", "site.yml", "podman rm -f -t 5 bt-worker2", "up", "site.yml --limit bt-worker2",
+        "down", "up", "site.yml -e ray_node_wheelhouse_cache=",
     ]
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(report))
     assert data["add_worker"]["worker"] == "bt-worker2" and data["nodes"] == ["bt-head", "bt-worker1", "bt-worker2"]
     assert data["idempotent_fraction_of_cold"] == 0.08 and all(data["ok"].values())
+    assert data["cold_converge_index"]["seconds"] == 400.0 and data["wheelhouse_saved_s"] == 150.0
+    # Without the index run, the lab is left as the --limit run made it.
+    steps.clear()
+    seconds = iter([250.0, 20.0, 140.0])
+    lab.timings(lab.Lab(), tmp_path / "inv", out, index=False)
+    assert steps[-1] == "site.yml --limit bt-worker2" and json.loads(out.read_text())["cold_converge_index"] is None
 
 
 def test_timings_stops_at_a_failed_cold_converge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
