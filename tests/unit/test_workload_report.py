@@ -158,3 +158,12 @@ def test_provisioning_timings_join_the_report(tmp_path: Path) -> None:
     rep = {**report.compute_report(serial, cluster), "provisioning": prov}
     table = report.format_table(rep)
     assert "idempotent re-run" in table and "24.1 s" in table and "240.5 s" in table
+    assert prov["cold_converge_index_s"] is None and "no wheelhouse" not in table
+    # The cold converge without the wheelhouse, where the timings measured it.
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update({"cold_converge_index": {"seconds": 301.0, "changed": 60}, "wheelhouse_saved_s": 60.5})
+    path.write_text(json.dumps(data), encoding="utf-8")
+    prov = report.load_provisioning(path)
+    assert prov is not None and prov["cold_converge_index_s"] == 301.0 and prov["wheelhouse_saved_s"] == 60.5
+    table = report.format_table({**rep, "provisioning": prov})
+    assert "cold, no wheelhouse" in table and "301.0 s" in table

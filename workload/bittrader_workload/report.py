@@ -174,6 +174,8 @@ def load_provisioning(path: Path | None) -> dict[str, Any] | None:
         "idempotent_rerun_s": seconds("idempotent_rerun"),
         "idempotent_changed": (data.get("idempotent_rerun") or {}).get("changed"),
         "add_worker_s": seconds("add_worker"),
+        "cold_converge_index_s": seconds("cold_converge_index"),
+        "wheelhouse_saved_s": data.get("wheelhouse_saved_s"),
         "idempotent_fraction_of_cold": data.get("idempotent_fraction_of_cold"),
         "ok": data.get("ok"),
     }
@@ -288,8 +290,9 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"provisioning ({prov['created']}):")
         for key, label in (("cold_converge_s", "cold converge"), ("idempotent_rerun_s", "idempotent re-run"),
-                           ("add_worker_s", "add a worker (--limit)")):
-            if prov[key] is not None:
+                           ("add_worker_s", "add a worker (--limit)"),
+                           ("cold_converge_index_s", "cold, no wheelhouse")):
+            if prov.get(key) is not None:
                 lines.append(f"  {label:<26} {prov[key]:>8.1f} s")
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
