@@ -277,6 +277,15 @@ def _whole(value: object) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def expected_cpus(num_cpus: object, throttled: bool, vcpus: object = None) -> int | None:
+    """The CPUs a node's health is checked against (verify, the health check): none while the throttle
+    moves them; the inventory's bittrader_num_cpus when it is set; else the host's logical CPUs (vcpus),
+    none when they are not known (a host this run did not read)."""
+    if throttled:
+        return None
+    return _whole(vcpus) if _blank(num_cpus) else _whole(num_cpus)
+
+
 def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB"
 
@@ -724,4 +733,5 @@ class FilterModule:
             "bittrader_node_addresses": node_addresses,
             "bittrader_ufw_rules": ufw_rules,
             "bittrader_ufw_stale": ufw_stale,
+            "bittrader_expected_cpus": expected_cpus,
         }

@@ -108,3 +108,14 @@ def test_text_table_aligns_and_blanks_none() -> None:
 def test_filter_module_exports() -> None:
     names = f.FilterModule().filters()
     assert {"bittrader_is_ip", "bittrader_ray_wheel_problem", "bittrader_port_problems"} <= set(names)
+
+
+def test_expected_cpus_follow_the_throttle_then_the_inventory_then_the_hardware() -> None:
+    assert f.expected_cpus(4, True, 8) is None  # the throttle moves them: not checked
+    assert f.expected_cpus(4, False, 8) == 4
+    assert f.expected_cpus("3", False) == 3
+    assert f.expected_cpus(0, False, 8) == 0  # a coordinating head
+    assert f.expected_cpus("", False, 8) == 8  # all the host's CPUs
+    assert f.expected_cpus(None, False, 8) == 8
+    assert f.expected_cpus("", False) is None  # a host this run did not read
+    assert "bittrader_expected_cpus" in f.FilterModule().filters()
