@@ -292,7 +292,7 @@ def format_table(report: dict[str, Any]) -> str:
         for key, label in (("cold_converge_s", "cold converge"), ("idempotent_rerun_s", "idempotent re-run"),
                            ("add_worker_s", "add a worker (--limit)"),
                            ("cold_converge_index_s", "cold, no wheelhouse")):
-            if prov.get(key) is not None:
+            if prov[key] is not None:
                 lines.append(f"  {label:<26} {prov[key]:>8.1f} s")
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
