@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 # Ray wheels published on PyPI, by platform: (first Ray release, last Ray release or None,
-# supported CPython minors). Facts from PyPI's file lists (see README, "Platforms").
+# supported CPython minors). Facts from PyPI's file lists (docs/platforms.md).
 _MIN_RAY_FOR_PY313_WINDOWS = (2, 58, 0)
 _LAST_RAY_INTEL_MAC = (2, 49, 2)
 _LAST_RAY_PY39 = (2, 51, 2)
