@@ -112,3 +112,28 @@ def test_verify_reads_the_folder_as_the_service_account_without_a_desktop() -> N
     final = next(t for t in tasks if "ansible.builtin.assert" in t)
     assert "worker_windows__code_problem | length == 0" in final["ansible.builtin.assert"]["that"]
     assert "bittrader_windows_code_problem" in final["vars"]["worker_windows__code_problem"]
+
+
+def test_verify_fails_on_online_only_code_and_passes_on_a_kept_folder(tmp_path: Path) -> None:
+    from test_windows_role import assert_fails, host_vars, load_tasks, template_data
+
+    root = strategy(tmp_path)
+    variables = host_vars("Jos\u00e9", "C:\\Users\\Jos\u00e9", "lan", "192.168.1.0/24", "192.168.1.30",
+                          bittrader_code_mode="folder", bittrader_code_path=str(root))
+    variables["worker_windows_verify"] = {
+        "result": {"task": {"name": "\\Bittrader\\Bittrader Ray Worker", "state": "Running"}, "raylet_running": True,
+                   "ray_process_count": 4, "problems": [], "log_file": "x", "log_tail": []}
+    }
+    variables["worker_windows__gcs"] = {"changed": False}
+    tasks = load_tasks("verify.yml")
+    final = next(t for t in tasks if "ansible.builtin.assert" in t)
+    show = next(t for t in tasks if "ansible.builtin.debug" in t)
+    for online, fails in [(set(), False), ({"sma.py"}, True)]:
+        report = code_check.check(str(root), with_attributes(online))
+        scope = {**variables, "worker_windows__code_check": {"rc": 0, "stdout": json.dumps(report)}}
+        assert assert_fails(final, scope) is fails
+        lines = template_data(show["ansible.builtin.debug"]["msg"], {**scope, **show["vars"]})
+        code_line = next(line for line in lines if isinstance(line, str) and line.startswith("code (folder): "))
+        assert ("Always keep on this device" in code_line) is fails
+        message = template_data(final["ansible.builtin.assert"]["fail_msg"], {**scope, **final["vars"]})
+        assert ("online-only" in message) is fails
