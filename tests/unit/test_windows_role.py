@@ -442,6 +442,7 @@ def test_verify_script_quotes_paths_for_powershell(hv: dict[str, Any]) -> None:
     assert literals["TokenFile"] == hv["bittrader_token_file"]
     assert literals["NodeConfig"] == hv["bittrader_node_config"]
     assert literals["TaskPath"] == "\\Bittrader\\"
+    assert literals["ThrottleResetTaskName"] == "Bittrader Throttle Reset"
     assert literals["HeadIp"] == hv["bittrader_head_ip"]
     assert re.search(r"^\$GcsPort = 6379$", text, re.MULTILINE)
     assert re.search(r"^\$ThrottleEnabled = \$false$", text, re.MULTILINE)
