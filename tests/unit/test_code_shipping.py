@@ -581,7 +581,9 @@ def test_windows_role_writes_the_shared_pth_into_its_venv() -> None:
             )
         }
     )
-    base = "C:\\Users\\Jos\u00e9 O\u2019Neil\\.bittrader_worker"
+    # The virtual environment is in the node's ASCII folder (Ray fails below a profile path with a blank or
+    # an accent); the code folder stays the owner's, in the profile.
+    base = "C:\\ProgramData\\Bittrader"
     assert facts["bittrader_code_pth"] == base + "\\venv\\Lib\\site-packages\\bittrader_code.pth"
     variables.update({k: facts[k] for k in ("bittrader_code_dir", "bittrader_code_path", "bittrader_code_pth")})
     write = find_task("code.yml", "ansible.windows.win_template")

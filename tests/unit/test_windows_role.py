@@ -1,7 +1,9 @@
 """The worker_windows role, checked here without a Windows host: its templates (and the shared
 node.json.j2) rendered with Ansible's Templar for several hosts (user names and profile paths with
 spaces, apostrophes and accents; tailscale and LAN mode), and the module arguments of its task files
-(scheduled tasks, firewall rules, paths) rendered from the YAML the way Ansible would template them."""
+(scheduled tasks, firewall rules, paths) rendered from the YAML the way Ansible would template them.
+Every rendered PowerShell script is parsed by a real PowerShell grammar (tree-sitter-powershell), and
+every scheduled task is checked against the limits of Microsoft's Task Scheduler schema."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tree_sitter_powershell
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 from ansible_render import REPO, render, render_value, role_defaults
+from tree_sitter import Language, Node, Parser
 
 ROLE = REPO / "roles" / "worker_windows"
 TEMPLATES = ROLE / "templates"
@@ -32,6 +36,17 @@ assert _spec is not None and _spec.loader is not None
 throttle = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = throttle  # dataclasses look their module up while the file runs
 _spec.loader.exec_module(throttle)
+
+_wspec = importlib.util.spec_from_file_location(
+    "bittrader_windows_filters_test", REPO / "filter_plugins" / "bittrader_windows.py"
+)
+assert _wspec is not None and _wspec.loader is not None
+winfilters = importlib.util.module_from_spec(_wspec)
+_wspec.loader.exec_module(winfilters)
+
+POWERSHELL = Parser(Language(tree_sitter_powershell.language()))
+# Where the node lives whatever the profile is called (worker_windows_base_dir's default).
+BASE = "C:\\ProgramData\\Bittrader"
 
 # Hosts of different kinds: (id, bittrader_user, profile path or "" before the first sign-in, mode, cidr, address).
 HOSTS = [
@@ -99,6 +114,24 @@ def task_args(task: dict[str, Any], module: str, variables: dict[str, Any], item
     if item is not None:
         scope["item"] = item
     return template_data(task[module], scope)
+
+
+def assert_fails(task: dict[str, Any], variables: dict[str, Any]) -> bool:
+    """Whether an ansible.builtin.assert task fails for these variables: each of its conditions
+    evaluated as Ansible does (a bare Jinja expression), with the task's vars; its when respected."""
+    scope = {**variables, **task.get("vars", {})}
+    when = task.get("when", [])
+    for condition in [when] if isinstance(when, str) else when:
+        if not template_data("{{ " + condition + " }}", scope):
+            return False
+    that = task["ansible.builtin.assert"]["that"]
+    conditions = [that] if isinstance(that, str) else that
+    return not all(template_data("{{ " + c + " }}", scope) for c in conditions)
+
+
+def check_task(name: str) -> dict[str, Any]:
+    """The task of tasks/checks.yml with this name."""
+    return next(t for t in load_tasks("checks.yml") if t["name"] == name)
 
 
 def split_command_line(line: str) -> list[str]:
@@ -169,59 +202,38 @@ def ps_single_quoted(text: str) -> str:
     raise AssertionError(f"unterminated PowerShell literal: {text!r}")
 
 
-def ps_balance_problems(script: str) -> list[str]:
-    """Unbalanced (), {} or [] outside PowerShell strings and comments, and unterminated strings."""
-    stack: list[str] = []
-    pairs = {")": "(", "}": "{", "]": "["}
-    i, n = 0, len(script)
-    while i < n:
-        ch = script[i]
-        if ch == "#":
-            i = script.find("\n", i)
-            i = n if i < 0 else i
-            continue
-        if ch == "<" and script.startswith("<#", i):
-            end = script.find("#>", i)
-            if end < 0:
-                return ["unterminated block comment"]
-            i = end + 2
-            continue
-        if ch in PS_QUOTES:
-            j = i + 1
-            while j < n:
-                if script[j] in PS_QUOTES:
-                    if j + 1 < n and script[j + 1] in PS_QUOTES:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            if j >= n:
-                return [f"unterminated single-quoted string at {i}"]
-            i = j + 1
-            continue
-        if ch == '"':
-            j = i + 1
-            while j < n and script[j] != '"':
-                if script[j] == "`":
-                    j += 1
-                elif script.startswith("$(", j):
-                    depth, j = 1, j + 2
-                    while j < n and depth:
-                        depth += {"(": 1, ")": -1}.get(script[j], 0)
-                        j += 1
-                    continue
-                j += 1
-            if j >= n:
-                return [f"unterminated double-quoted string at {i}"]
-            i = j + 1
-            continue
-        if ch in "({[":
-            stack.append(ch)
-        elif ch in ")}]":
-            if not stack or stack.pop() != pairs[ch]:
-                return [f"unbalanced {ch!r} at {i}: ...{script[max(0, i - 60) : i + 1]!r}"]
-        i += 1
-    return [f"unclosed {c!r}" for c in stack]
+def powershell_parse_errors(script: str) -> list[str]:
+    """The syntax errors a real PowerShell grammar (tree-sitter-powershell) finds in a script: every
+    ERROR or MISSING node, with its line and column; [] when the script parses."""
+    data = script.encode("utf-8")
+    tree = POWERSHELL.parse(data)
+    errors: list[str] = []
+
+    def walk(node: Node) -> None:
+        if node.is_error or node.is_missing:
+            line, column = node.start_point
+            text = data[node.start_byte : node.end_byte][:60].decode("utf-8", "replace")
+            kind = "missing " + node.type if node.is_missing else "error"
+            errors.append(f"{kind} at {line + 1}:{column + 1}: {text!r}")
+        for child in node.children:
+            walk(child)
+
+    walk(tree.root_node)
+    if tree.root_node.has_error and not errors:
+        errors.append("the grammar reports an error")
+    return errors
+
+
+def test_the_powershell_grammar_finds_what_breaks_a_script() -> None:
+    good = "param([string]$Name)\n$x = @{ a = 1 }\nif ($x.a) { Write-Output \"$($x.a) $Name\" }\n"
+    assert powershell_parse_errors(good) == []
+    for broken in (
+        "param([string]$Name\n$x = 1\n",  # a missing parenthesis
+        "if ($x) { Write-Output 1\n",  # an unclosed block
+        "$x = 'O'Brien'\n",  # a name quoted without doubling its apostrophe
+        'Write-Output "a$(b"\n',  # an unclosed subexpression in a string
+    ):
+        assert powershell_parse_errors(broken), broken
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,12 +297,13 @@ def expected_home(variables: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_paths_are_windows_paths_in_the_profile(hv: dict[str, Any]) -> None:
-    base = expected_home(hv) + "\\.bittrader_worker"
+def test_ray_lives_in_a_plain_ascii_folder_whatever_the_profile_is_called(hv: dict[str, Any]) -> None:
+    """Ray's workers and agents fail below a path with a blank or a non-ASCII letter (C:\\Users\\John Smith,
+    C:\\Users\\José): everything Ray runs from or writes is in worker_windows_base_dir, for every account."""
+    base = BASE
     assert hv["bittrader_home"] == expected_home(hv)
     assert hv["bittrader_base_dir"] == base
     assert hv["bittrader_venv_dir"] == base + "\\venv"
-    assert hv["bittrader_log_dir"] == base + "\\logs"
     assert hv["bittrader_run_dir"] == base + "\\run"
     assert hv["bittrader_token_file"] == base + "\\auth_token"
     assert hv["bittrader_node_config"] == base + "\\node.json"
@@ -298,9 +311,57 @@ def test_paths_are_windows_paths_in_the_profile(hv: dict[str, Any]) -> None:
     assert hv["bittrader_venv_python"] == base + "\\venv\\Scripts\\python.exe"
     assert hv["worker_windows_paths"]["node_script"] == base + "\\venv\\Scripts\\bittrader-node.py"
     assert hv["worker_windows_paths"]["uv_dir"] == base + "\\uv\\" + hv["bittrader_uv_version"]
+    assert hv["worker_windows_paths"]["tmp_dir"] == base + "\\tmp"
+    # Only the logs stay where the owner looks for them: %USERPROFILE%\\.bittrader_worker\\logs.
+    home_dir = expected_home(hv) + "\\.bittrader_worker"
+    assert hv["worker_windows_paths"]["home_dir"] == home_dir
+    assert hv["bittrader_log_dir"] == home_dir + "\\logs"
+    assert hv["worker_windows_paths"]["throttle_log"] == home_dir + "\\logs\\throttle.log"
     for key, value in hv["worker_windows_paths"].items():
-        assert value.startswith(base + "\\"), key
         assert "/" not in value and "{{" not in value, key
+        if key not in {"home_dir", "throttle_log"}:
+            assert value.startswith(base + "\\"), key
+            assert winfilters.path_problem(value) == "", key
+    for key in ("bittrader_base_dir", "bittrader_venv_dir", "bittrader_run_dir", "bittrader_ray_bin",
+                "bittrader_venv_python", "bittrader_token_file", "bittrader_node_config"):
+        assert winfilters.path_problem(hv[key]) == "", key
+
+
+def test_everything_ray_is_given_is_ascii_for_a_profile_with_a_blank_or_an_accent() -> None:
+    """The accounts of the issue, through the whole role's rendering: node.json (what the supervisor
+    hands to `ray start`), the scheduled task's command line and the throttle's configuration."""
+    for user, profile in [("John Smith", r"C:\Users\John Smith"), ("Jos\u00e9", "C:\\Users\\Jos\u00e9")]:
+        variables = host_vars(user, profile, "lan", "192.168.1.0/24", "192.168.1.30", bittrader_throttle_enabled=True)
+        node = json.loads(render(NODE_JSON, variables))
+        for value in [node["ray"], node["env"]["RAY_AUTH_TOKEN_PATH"], node["num_cpus_file"], node["state_file"]]:
+            assert winfilters.path_problem(ntpath.normpath(value)) == "", value
+        # Ray's temporary (session) folder is TEMP\\ray: TEMP points into the node's folder, not the profile.
+        assert node["env"]["TEMP"] == node["env"]["TMP"] == BASE + "\\tmp"
+        task = find_task("service.yml", "community.windows.win_scheduled_task")
+        args = task_args(task, "community.windows.win_scheduled_task", variables)
+        (action,) = args["actions"]
+        for arg in split_command_line(action["path"] + " " + action["arguments"]):
+            assert arg.isascii() and " " not in arg, arg
+        assert winfilters.path_problem(action["working_directory"]) == ""
+        config = json.loads(render(TEMPLATES / "throttle.json.j2", variables))
+        for key in ("venv", "ray_bin", "python_bin", "token_path"):
+            assert winfilters.path_problem(config["ray"][key]) == "", key
+        # The logs are the owner's, in the profile: the supervisor and the throttle write them, not Ray.
+        assert ntpath.normpath(node["log_file"]) == profile + "\\.bittrader_worker\\logs\\worker.log"
+
+
+def test_a_node_folder_with_a_blank_or_an_accent_is_refused_before_anything_changes() -> None:
+    check = check_task("Check that the node's folder is a plain ASCII path")
+    for base, refused in [
+        (BASE, False),
+        (r"D:\Bittrader", False),
+        (r"C:\Users\John Smith\.bittrader_worker", True),
+        ("C:\\Users\\Jos\u00e9\\.bittrader_worker", True),
+        (r"Bittrader", True),
+    ]:
+        variables = host_vars("trader", r"C:\Users\trader", "lan", "192.168.1.0/24", "192.168.1.30",
+                              worker_windows_base_dir=base)
+        assert assert_fails(check, variables) is refused, base
 
 
 def test_a_new_profile_path_wins() -> None:
@@ -308,7 +369,16 @@ def test_a_new_profile_path_wins() -> None:
     variables["worker_windows__profile"] = {"changed": True, "path": r"C:\Users\bittrader.GAMING-PC"}
     paths_task = find_task("paths.yml", "ansible.builtin.set_fact")
     facts = task_args(paths_task, "ansible.builtin.set_fact", variables)
-    assert facts["bittrader_base_dir"] == r"C:\Users\bittrader.GAMING-PC\.bittrader_worker"
+    assert facts["bittrader_log_dir"] == r"C:\Users\bittrader.GAMING-PC\.bittrader_worker\logs"
+    assert facts["bittrader_base_dir"] == BASE
+
+
+def test_the_node_folder_and_the_logs_folder_are_restricted_to_the_account() -> None:
+    variables = host_vars("Jos\u00e9", "C:\\Users\\Jos\u00e9", "lan", "192.168.1.0/24", "192.168.1.30")
+    tops = template_data(variables["worker_windows_top_folders"], variables)
+    assert tops == [BASE, "C:\\Users\\Jos\u00e9\\.bittrader_worker"]
+    created = template_data(find_task("folders.yml", "ansible.windows.win_file")["loop"], variables)
+    assert variables["bittrader_log_dir"] in created and variables["worker_windows_paths"]["tmp_dir"] in created
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,13 +396,35 @@ def test_every_template_renders_completely(hv: dict[str, Any]) -> None:
         assert text.strip(), name
 
 
-def test_powershell_scripts_are_balanced(hv: dict[str, Any]) -> None:
-    for name, text in rendered_templates(hv).items():
-        if name.endswith(".ps1.j2"):
-            assert ps_balance_problems(text) == [], name
-            code = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-            first = code[0].strip()
-            assert first.startswith(("param(", "[CmdletBinding(")), f"{name}: param() must come first, got {first!r}"
+def inline_powershell(variables: dict[str, Any]) -> dict[str, str]:
+    """Every PowerShell script the task files and handlers hand to win_powershell, rendered: the
+    templates they look up, and the scripts written inline in the YAML."""
+    scripts: dict[str, str] = {}
+    files = [(name, load_tasks(name)) for name in sorted(p.name for p in TASKS.glob("*.yml"))]
+    files.append(("handlers/main.yml", yaml.safe_load((ROLE / "handlers" / "main.yml").read_text(encoding="utf-8"))))
+    for name, tasks in files:
+        for task in tasks:
+            module = task.get("ansible.windows.win_powershell")
+            if not module:
+                continue
+            script = module["script"]
+            looked_up = re.fullmatch(r"\{\{ lookup\('ansible\.builtin\.template', '([\w.]+)'\) \}\}", script.strip())
+            if looked_up:
+                scripts[f"{name}: {task['name']}"] = render(TEMPLATES / looked_up.group(1), variables)
+            else:
+                scripts[f"{name}: {task['name']}"] = template_data(script, {**variables, **task.get("vars", {})})
+    return scripts
+
+
+def test_every_powershell_script_parses(hv: dict[str, Any]) -> None:
+    scripts = {name: text for name, text in rendered_templates(hv).items() if name.endswith(".ps1.j2")}
+    scripts.update(inline_powershell(hv))
+    assert any(": " in name for name in scripts) and "scheduled_task.ps1.j2" in scripts
+    for name, text in scripts.items():
+        assert powershell_parse_errors(text) == [], name
+        code = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        first = code[0].strip()
+        assert first.startswith(("param(", "[CmdletBinding(")), f"{name}: param() must come first, got {first!r}"
 
 
 def test_verify_script_quotes_paths_for_powershell(hv: dict[str, Any]) -> None:
@@ -350,6 +442,7 @@ def test_verify_script_quotes_paths_for_powershell(hv: dict[str, Any]) -> None:
     assert literals["TokenFile"] == hv["bittrader_token_file"]
     assert literals["NodeConfig"] == hv["bittrader_node_config"]
     assert literals["TaskPath"] == "\\Bittrader\\"
+    assert literals["ThrottleResetTaskName"] == "Bittrader Throttle Reset"
     assert literals["HeadIp"] == hv["bittrader_head_ip"]
     assert re.search(r"^\$GcsPort = 6379$", text, re.MULTILINE)
     assert re.search(r"^\$ThrottleEnabled = \$false$", text, re.MULTILINE)
@@ -438,7 +531,13 @@ def test_ray_task_runs_the_supervisor_at_boot_as_the_standard_user(hv: dict[str,
     assert args["name"] == "Bittrader Ray Worker"
     assert args["path"] == "\\Bittrader\\"
     assert args["state"] == "present"
-    assert args["triggers"] == [{"type": "boot", "enabled": True, "delay": "PT30S"}]
+    # At boot, and every minute: with IgnoreNew the repeating trigger starts the supervisor again only
+    # when it died (Task Scheduler's restart-on-failure does not fire for a process that dies later).
+    assert args["triggers"] == [
+        {"type": "boot", "enabled": True, "delay": "PT30S"},
+        {"type": "time", "enabled": True, "start_boundary": "2000-01-01T00:00:00", "repetition": {"interval": "PT1M"}},
+    ]
+    assert "duration" not in args["triggers"][1]["repetition"]  # repeated indefinitely
     assert args["username"] == hv["bittrader_user"]
     assert args["username"].lower() not in {"administrator", "system", "admin", "administrators"}
     assert args["run_level"] == "limited"
@@ -448,8 +547,9 @@ def test_ray_task_runs_the_supervisor_at_boot_as_the_standard_user(hv: dict[str,
     assert args["enabled"] is True
     assert args["execution_time_limit"] == "PT0S"
     assert args["multiple_instances"] == 2
-    assert args["restart_count"] == 999
+    assert args["restart_count"] == 3
     assert args["restart_interval"] == "PT1M"
+    assert winfilters.task_schedule_problems(args) == []
     assert args["disallow_start_if_on_batteries"] is False
     assert args["stop_if_going_on_batteries"] is False
     (action,) = args["actions"]
@@ -507,6 +607,98 @@ def test_throttle_task_starts_at_sign_in_in_the_users_session(hv: dict[str, Any]
     ]
 
 
+def registered_tasks(variables: dict[str, Any]) -> list[dict[str, Any]]:
+    """The module arguments of every scheduled task the role registers."""
+    found = []
+    for name in sorted(p.name for p in TASKS.glob("*.yml")):
+        for task in load_tasks(name):
+            module = task.get("community.windows.win_scheduled_task")
+            if module and module.get("state") == "present":
+                found.append(task_args(task, "community.windows.win_scheduled_task", variables))
+    return found
+
+
+def test_every_scheduled_task_is_within_the_task_scheduler_schema(hv: dict[str, Any]) -> None:
+    tasks = registered_tasks(hv)
+    names = sorted(t["name"] for t in tasks)
+    assert names == ["Bittrader Ray Worker", "Bittrader Throttle", "Bittrader Throttle Reset"]
+    for args in tasks:
+        assert winfilters.task_schedule_problems(args) == [], args["name"]
+        assert args["multiple_instances"] == 2, args["name"]  # IgnoreNew: never two at once
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("worker_windows_task_restart_count", 999, "restart_count 999 is outside the schema's 1..255"),
+        ("worker_windows_task_restart_count", 0, "restart_count 0 is outside the schema's 1..255"),
+        ("worker_windows_task_restart_interval", "PT30S", "restart_interval PT30S is below the schema's minimum PT1M"),
+        ("worker_windows_task_restart_interval", "P32D", "restart_interval P32D is above the schema's maximum P31D"),
+        ("worker_windows_task_watchdog_interval", "PT30S", "repetition interval PT30S is below the schema's minimum"),
+        ("worker_windows_task_boot_delay", "30s", "delay '30s' is not an ISO 8601 duration"),
+        ("worker_windows_task_priority", 11, "priority 11 is outside the schema's 0..10"),
+        ("worker_windows_throttle_reset_interval", "P40D", "repetition interval P40D is above the schema's maximum"),
+    ],
+)
+def test_the_checks_refuse_a_schedule_the_schema_refuses(setting: str, value: Any, problem: str) -> None:
+    variables = host_vars("trader", r"C:\Users\trader", "lan", "192.168.1.0/24", "192.168.1.30", **{setting: value})
+    check = check_task("Check the scheduled tasks against the Task Scheduler schema")
+    assert assert_fails(check, variables)
+    problems = template_data(check["vars"]["worker_windows__problems"], variables)
+    assert any(problem in p for p in problems), problems
+    # The same value in the registered task's arguments breaks the schema there too.
+    assert any(problem in p for args in registered_tasks(variables) for p in winfilters.task_schedule_problems(args))
+
+
+def test_the_role_defaults_pass_the_schedule_checks() -> None:
+    variables = host_vars("trader", r"C:\Users\trader", "lan", "192.168.1.0/24", "192.168.1.30")
+    check = check_task("Check the scheduled tasks against the Task Scheduler schema")
+    assert not assert_fails(check, variables)
+
+
+def test_a_stopped_task_stays_stopped_until_it_is_started() -> None:
+    """The every-minute trigger would start a stopped supervisor again (before pip replaces the venv's
+    files, or while a worker is being removed): a stop also disables the task, a start enables it."""
+    script = render(TEMPLATES / "scheduled_task.ps1.j2", {})
+    stop_at = script.index("if ($Action -in @('stop', 'restart'))")
+    start_at = script.index("if ($Action -in @('start', 'restart'))")
+    stop, start = script[stop_at:start_at], script[start_at:]
+    assert "Disable-ScheduledTask -InputObject $task" in stop
+    assert stop.index("Stop-ScheduledTask") < stop.index("Disable-ScheduledTask") < stop.index("Get-LeftoverProcess")
+    assert "Enable-ScheduledTask -InputObject $task" in start
+    assert start.index("Enable-ScheduledTask") < start.index("Start-ScheduledTask")
+    assert "is disabled; enable it" not in script  # a start no longer fails on a task a stop disabled
+
+
+def test_throttle_reset_task_runs_as_the_user_at_boot_sign_out_and_periodically(hv: dict[str, Any]) -> None:
+    variables = {**hv, "bittrader_throttle_enabled": True}
+    task = next(t for t in load_tasks("throttle.yml") if t["name"].startswith("Register the throttle's reset task"))
+    args = task_args(task, "community.windows.win_scheduled_task", variables)
+    assert args["name"] == "Bittrader Throttle Reset"
+    assert args["username"] == hv["bittrader_user"] and args["run_level"] == "limited"
+    assert args["logon_type"] == "s4u"  # runs with nobody signed in, like the Ray worker's task
+    kinds = [t["type"] for t in args["triggers"]]
+    assert kinds == ["boot", "event", "time"]
+    event = args["triggers"][1]
+    assert "Microsoft-Windows-Winlogon" in event["subscription"] and "EventID=7002" in event["subscription"]
+    assert args["triggers"][2]["repetition"] == {"interval": "PT5M"}
+    (action,) = args["actions"]
+    argv = split_command_line(action["path"] + " " + action["arguments"])
+    assert argv == [
+        hv["worker_windows_paths"]["venv_pythonw"],
+        hv["worker_windows_paths"]["throttle_script"],
+        "--config",
+        hv["worker_windows_paths"]["throttle_config"],
+        "--reset",
+    ]
+    # The option exists in the daemon it runs.
+    assert throttle.main(["--config", "/nonexistent/throttle.json", "--reset"]) == throttle.EX_CONFIG
+    removed = template_data(find_task("throttle-off.yml", "community.windows.win_scheduled_task")["loop"], hv)
+    assert "Bittrader Throttle Reset" in removed
+    uninstalled = template_data(find_task("uninstall.yml", "community.windows.win_scheduled_task")["loop"], hv)
+    assert "Bittrader Throttle Reset" in uninstalled
+
+
 def test_throttle_files_come_from_the_shared_sources() -> None:
     copies = [t for t in load_tasks("throttle.yml") + load_tasks("node.yml") if "ansible.windows.win_copy" in t]
     sources = {t["ansible.windows.win_copy"]["src"] for t in copies}
@@ -554,10 +746,12 @@ def test_uninstall_removes_the_same_rules_and_tasks(hv: dict[str, Any]) -> None:
     assert removed["community.windows.win_firewall_rule"]["state"] == "absent"
     tasks = find_task("uninstall.yml", "community.windows.win_scheduled_task")
     names = template_data(tasks["loop"], hv)
-    assert sorted(names) == ["Bittrader Ray Worker", "Bittrader Throttle"]
+    assert sorted(names) == ["Bittrader Ray Worker", "Bittrader Throttle", "Bittrader Throttle Reset"]
     assert tasks["community.windows.win_scheduled_task"]["state"] == "absent"
     base = find_task("uninstall.yml", "ansible.windows.win_file")
-    assert task_args(base, "ansible.windows.win_file", hv) == {"path": hv["bittrader_base_dir"], "state": "absent"}
+    removed = template_data(base["loop"], hv)
+    assert removed == [hv["bittrader_base_dir"], hv["worker_windows_paths"]["home_dir"]]
+    assert task_args(base, "ansible.windows.win_file", hv, removed[0]) == {"path": BASE, "state": "absent"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -567,9 +761,11 @@ def test_uninstall_removes_the_same_rules_and_tasks(hv: dict[str, Any]) -> None:
 
 def test_base_folder_is_restricted_to_user_system_and_administrators(hv: dict[str, Any]) -> None:
     acl = find_task("folders.yml", "ansible.windows.win_acl")
-    items = template_data(acl["loop"], hv)
-    sids = [item["sid"] for item in items]
-    assert sids == [hv["worker_windows__account"]["result"]["sid"], "S-1-5-18", "S-1-5-32-544"]
+    scope = {**hv, **acl["vars"]}
+    items = template_data(acl["loop"], scope)
+    folders = [hv["bittrader_base_dir"], hv["worker_windows_paths"]["home_dir"]]
+    sids = [hv["worker_windows__account"]["result"]["sid"], "S-1-5-18", "S-1-5-32-544"]
+    assert [(folder, owner["sid"]) for folder, owner in items] == [(f, sid) for f in folders for sid in sids]
     args = task_args(acl, "ansible.windows.win_acl", hv, items[0])
     assert args == {
         "path": hv["bittrader_base_dir"],
@@ -579,7 +775,8 @@ def test_base_folder_is_restricted_to_user_system_and_administrators(hv: dict[st
         "state": "present",
     }
     inheritance = find_task("folders.yml", "ansible.windows.win_acl_inheritance")
-    args = task_args(inheritance, "ansible.windows.win_acl_inheritance", hv)
+    assert template_data(inheritance["loop"], hv) == folders
+    args = task_args(inheritance, "ansible.windows.win_acl_inheritance", hv, folders[0])
     assert args == {"path": hv["bittrader_base_dir"], "state": "absent", "reorganize": False}
 
 
@@ -623,6 +820,43 @@ def test_uv_installs_the_pinned_python_into_the_base_folder(hv: dict[str, Any]) 
     env = template_data(install["environment"], {**scope, **install["vars"]})
     assert env["UV_PYTHON_INSTALL_DIR"] == hv["bittrader_base_dir"] + "\\python"
     assert "UV_PYTHON_INSTALL_MIRROR" not in env
+
+
+def test_the_installer_source_with_a_security_only_pin_is_refused() -> None:
+    """python.org ships no Windows installer of a security-only release: the download would be a 404."""
+    check = check_task("Check that python.org has a Windows installer of the pinned Python (installer source)")
+    for version, source, refused in [
+        ("3.12.12", "installer", True),
+        ("3.12.12", "uv", False),
+        ("3.12.10", "installer", False),
+    ]:
+        variables = host_vars("trader", r"C:\Users\trader", "lan", "192.168.1.0/24", "192.168.1.30",
+                              bittrader_python_version=version, worker_windows_python_source=source)
+        assert assert_fails(check, variables) is refused, (version, source)
+    # The cluster's preflight refuses it too, before any host changes, when the inventory sets the source.
+    preflight = yaml.safe_load((REPO / "roles" / "bittrader" / "tasks" / "preflight.yml").read_text(encoding="utf-8"))
+    task = next(t for t in preflight if "bittrader_windows_installer_problem" in yaml.safe_dump(t))
+    variables = host_vars("trader", r"C:\Users\trader", "lan", "192.168.1.0/24", "192.168.1.30",
+                          worker_windows_python_source="installer")
+    assert assert_fails(task, variables)
+    defaults_only = {k: v for k, v in variables.items() if k != "worker_windows_python_source"}
+    assert not assert_fails(task, defaults_only)  # the role's default source (uv) is never refused
+
+
+def test_uv_download_is_checked_against_the_pinned_sha256(hv: dict[str, Any]) -> None:
+    download = next(t for t in load_tasks("python-uv.yml") if t["name"] == "Download uv")
+    args = task_args(download, "ansible.windows.win_get_url", hv)
+    assert args["url"] == (
+        f"https://github.com/astral-sh/uv/releases/download/{hv['bittrader_uv_version']}/uv-x86_64-pc-windows-msvc.zip"
+    )
+    assert args["checksum_algorithm"] == "sha256"
+    assert re.fullmatch(r"[0-9a-f]{64}", args["checksum"])
+    assert args["checksum"] == hv["bittrader_uv_windows_sha256"]
+    check = check_task("Check that uv's download is verified by its SHA-256 (uv source)")
+    assert not assert_fails(check, hv)
+    assert assert_fails(check, {**hv, "worker_windows_uv_checksum": ""})
+    installer = {**hv, "worker_windows_uv_checksum": "", "worker_windows_python_source": "installer"}
+    assert not assert_fails(check, installer)
 
 
 def test_pip_installs_the_same_pins_as_the_linux_nodes(hv: dict[str, Any]) -> None:
