@@ -110,7 +110,7 @@ def test_the_fake_launchctl_keeps_a_booted_out_job_and_refuses_a_second_bootstra
     with open(plist, "wb") as handle:
         plistlib.dump({"Label": "com.bittrader.x", "ProgramArguments": ["/bin/true"], "ExitTimeOut": 30}, handle)
     os.chmod(plist, 0o644)
-    env = dict(os.environ, FAKEMAC=str(tmp_path), FAKEMAC_BOOTOUT_DELAY="1.0")
+    env = dict(os.environ, FAKEMAC=str(tmp_path), FAKEMAC_BOOTOUT_DELAY="5")  # long enough for a loaded machine
 
     def launchctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(REPO / "tests" / "fake_mac" / "bin" / "launchctl"), *args], capture_output=True,
@@ -122,7 +122,7 @@ def test_the_fake_launchctl_keeps_a_booted_out_job_and_refuses_a_second_bootstra
     assert launchctl("print", "system/com.bittrader.x").returncode == 0  # still exiting
     refused = launchctl("bootstrap", "system", str(plist))
     assert refused.returncode == 5 and "Bootstrap failed: 5: Input/output error" in refused.stderr
-    time.sleep(1.2)
+    time.sleep(5.2)
     assert launchctl("print", "system/com.bittrader.x").returncode == 113
     assert launchctl("bootstrap", "system", str(plist)).returncode == 0
 
