@@ -22,6 +22,12 @@ _MIN_MACOS = (12,)
 _FIRST_RAY_MACOS12_ARM64 = (2, 48, 0)
 _FIRST_RAY_MACOS12_INTEL = (2, 47, 0)
 _INTEL_MAC_ARCHES = {"x86_64", "amd64", "i386"}
+# The one rule for Intel Macs, in validation and in roles/worker_macos/README.md: no Ray release these
+# roles can run has an Intel macOS wheel.
+INTEL_MAC_RULE = (
+    "Ray's last wheel for Intel Macs is 2.49.2, older than the token authentication (Ray 2.52.0) these roles "
+    "require, so an Intel Mac cannot join the cluster with any Ray version; leave this Mac out of the cluster"
+)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -79,10 +85,7 @@ def ray_wheel_problem(
         return f"Ray {ray_version} has no wheel for Python {python_version}"
     if sysname == "darwin":
         if arch in _INTEL_MAC_ARCHES and ray > _LAST_RAY_INTEL_MAC:
-            return (
-                f"Ray {ray_version} has no wheel for Intel Macs (x86_64): the last is 2.49.2, older than the "
-                "token authentication (Ray 2.52.0) these roles require; leave this Mac out of the cluster"
-            )
+            return f"Ray {ray_version} has no wheel for Intel Macs (x86_64): {INTEL_MAC_RULE}"
         if arch not in {"arm64", "aarch64"} | _INTEL_MAC_ARCHES:
             return f"no Ray wheel for macOS on {machine}"
         macos = _version_tuple(os_version)
@@ -547,7 +550,15 @@ def _pin_problems(s: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     ray, python = str(s.get("ray_version", "")).strip(), str(s.get("python_version", "")).strip()
     ray_problem = ray_version_problem(ray)
-    if ray_problem:
+    intel_mac = (str(facts.get("system")) == "Darwin"
+                 and str(facts.get("architecture2") or facts.get("architecture") or "").lower() in _INTEL_MAC_ARCHES)
+    if intel_mac:  # whatever the pin: an older Ray for this Mac is refused for want of token auth
+        problems.append(
+            f"this Mac reports an Intel processor (x86_64): {INTEL_MAC_RULE} (an Apple silicon Mac reports x86_64 "
+            "only when Ansible runs an Intel Python under Rosetta: set ansible_python_interpreter: /usr/bin/python3)"
+        )
+        ray_problem = ray_problem or "intel"
+    elif ray_problem:
         problems.append(ray_problem)
     if not re.fullmatch(r"3\.\d+\.\d+", python):
         problems.append(

@@ -97,6 +97,67 @@ def launchd_disabled(output: str, label: str) -> bool:
     return False
 
 
+def launchd_exit_timeout(output: str, default: int = 20) -> int:
+    """The job's ExitTimeOut as `launchctl print DOMAIN/LABEL` shows it (`exit timeout = 60`): the
+    longest launchd lets the job run after `bootout` sends SIGTERM before it sends SIGKILL. default when
+    the output has no such line."""
+    found = re.search(r"^\s*exit timeout\s*=\s*(\d+)", str(output or ""), re.MULTILINE)
+    return int(found.group(1)) if found else int(default)
+
+
+def btm_disabled(output: str, label: str) -> bool:
+    """True when `sfltool dumpbtm` (macOS 13 and later, as root) shows the launchd job label switched
+    off in Background Task Management: System Settings > General > Login Items & Extensions >
+    Allow in the Background. A record names the job by `Identifier: <type>.LABEL` (16 for a daemon) or by the
+    `URL: file:///.../LABEL.plist` of its property list, and carries `Disposition: [disabled, ...]`."""
+    label = str(label)
+    records: list[list[str]] = [[]]
+    for raw in str(output or "").splitlines():
+        if re.match(r"^\s*#\d+:\s*$", raw):
+            records.append([])
+        records[-1].append(raw.strip())
+    for record in records:
+        names = False
+        disabled = False
+        for line in record:
+            key, _, value = line.partition(":")
+            key, value = key.strip().lower(), value.strip()
+            if key == "identifier" and re.fullmatch(r"(\d+\.)?" + re.escape(label), value):
+                names = True
+            elif key == "url" and value.endswith("/" + label + ".plist"):
+                names = True
+            elif key == "disposition":
+                flags = [flag.strip() for flag in value.split("]")[0].lstrip("[").split(",")]
+                disabled = "disabled" in flags
+        if names and disabled:
+            return True
+    return False
+
+
+_PROTECTED_FOLDERS = (
+    ("Library/CloudStorage", "a cloud folder (Dropbox, Google Drive, OneDrive, Box) under ~/Library/CloudStorage"),
+    ("Library/Mobile Documents", "iCloud Drive (~/Library/Mobile Documents)"),
+    ("Desktop", "the Desktop folder"),
+    ("Documents", "the Documents folder"),
+    ("Downloads", "the Downloads folder"),
+)
+
+
+def macos_protected_folder(path: str, home: str) -> str:
+    """What macOS's privacy protection (TCC) guards path as, or "" for a plain folder. A LaunchDaemon's
+    Python cannot read these folders (no one is there to click Allow) unless it has Full Disk Access, and
+    the cloud folders may hold online-only files that a daemon cannot have downloaded."""
+    clean = str(path or "").rstrip("/")
+    base = str(home or "").rstrip("/")
+    if not clean or not base:
+        return ""
+    for sub, what in _PROTECTED_FOLDERS:
+        root = f"{base}/{sub}"
+        if clean == root or clean.startswith(root + "/"):
+            return what
+    return ""
+
+
 def alf_apps(output: str) -> dict[str, str]:
     """`socketfilterfw --listapps` as {path: "allow" | "block"}. Each app is a `N : PATH` line followed
     by a `( Allow incoming connections )` or `( Block incoming connections )` line. (`--getappblocked`
@@ -164,6 +225,9 @@ class FilterModule:
             "bittrader_plist": plist,
             "bittrader_dscache_passwd": dscache_passwd,
             "bittrader_launchd_disabled": launchd_disabled,
+            "bittrader_launchd_exit_timeout": launchd_exit_timeout,
+            "bittrader_btm_disabled": btm_disabled,
+            "bittrader_macos_protected_folder": macos_protected_folder,
             "bittrader_alf_apps": alf_apps,
             "bittrader_alf_enabled": alf_enabled,
             "bittrader_alf_blockall": alf_blockall,

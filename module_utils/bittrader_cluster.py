@@ -84,7 +84,15 @@ def code_info(site_dir: str | None = None, sys_path: list[str] | None = None, ma
     count = 0
     truncated = False
     label = ""
-    for current, dirs, files in os.walk(path):
+    # What this process could not read. On a Mac a LaunchDaemon's Python is refused (EPERM, "Operation
+    # not permitted") inside privacy-protected folders such as ~/Library/CloudStorage, where os.walk
+    # would otherwise just see an empty folder.
+    unreadable: list[str] = []
+
+    def _refused(exc: OSError) -> None:
+        unreadable.append(f"{getattr(exc, 'filename', '') or path}: {exc.strerror or exc}")
+
+    for current, dirs, files in os.walk(path, onerror=_refused):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
         for name in sorted(files):
             if name.startswith(".") or name.endswith((".pyc", ".pyo")):
@@ -99,9 +107,10 @@ def code_info(site_dir: str | None = None, sys_path: list[str] | None = None, ma
                 if size > max_file_bytes:
                     content = f"size:{size}".encode()
                 else:
-                    with open(full, "rb") as handle:
-                        content = handle.read()
-            except OSError:
+                    with open(full, "rb") as binary:
+                        content = binary.read()
+            except OSError as exc:
+                _refused(exc)
                 continue
             digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + content + b"\0")
             count += 1
@@ -110,6 +119,12 @@ def code_info(site_dir: str | None = None, sys_path: list[str] | None = None, ma
         if truncated:
             break
     info.update(sha256=digest.hexdigest()[:16], files=count, truncated=truncated, label=label)
+    if unreadable:
+        hint = ("macOS keeps daemons out of ~/Library/CloudStorage and iCloud Drive: use a plain folder kept in "
+                "sync, or git mode" if "/Library/CloudStorage/" in path + "/" or "/Library/Mobile Documents/" in path
+                else "give the account Ray runs as read access, or move the code to a plain folder")
+        info["error"] = (f"Ray's processes cannot read {len(unreadable)} entries of {path} (first: {unreadable[0]}); "
+                         f"{hint}")
     info["version"] = (str(info["commit"])[:12] if mode == "git" and info.get("commit")
                        else f"sha256 {info['sha256']}")
     return info

@@ -100,6 +100,8 @@ def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 "ray_node_xcode_select": str(bin_dir / "xcode-select"),
                 "ray_node_sysctl": str(bin_dir / "sysctl"),
                 "ray_node_pmset": str(bin_dir / "pmset"),
+                "ray_node_sfltool": str(bin_dir / "sfltool"),
+                "ray_node_fdesetup": str(bin_dir / "fdesetup"),
                 "ray_node_launch_daemons_dir": str(root / "LaunchDaemons"),
                 "ray_node_root_group": "root",
                 "bittrader_system_python": "/usr/bin/python3",
@@ -109,16 +111,30 @@ def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "home": home, "base": home / ".bittrader_worker", "daemons": root / "LaunchDaemons"}
 
 
-def play(mac: dict[str, Any], playbook: str, **extra: Any) -> dict[str, int]:
+def run_play(mac: dict[str, Any], playbook: str, env: dict[str, str] | None = None,
+             **extra: Any) -> subprocess.CompletedProcess[str]:
     root = mac["root"]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(root / "ansible.cfg"), FAKEMAC=str(root), FAKEMAC_USER=USER)
+    environ = dict(os.environ, ANSIBLE_CONFIG=str(root / "ansible.cfg"), FAKEMAC=str(root), FAKEMAC_USER=USER,
+                   **(env or {}))
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(root / "hosts.yml"),
             str(root / playbook), "-e", f"@{root / 'fake.yml'}", "-e", json.dumps(extra)]
-    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False)
+    return subprocess.run(argv, cwd=root, env=environ, capture_output=True, text=True, timeout=900, check=False)
+
+
+def play(mac: dict[str, Any], playbook: str, env: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    done = run_play(mac, playbook, env, **extra)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     recap = re.search(r"fakemac\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", done.stdout)
     assert recap, done.stdout[-3000:]
-    return {"ok": int(recap.group(1)), "changed": int(recap.group(2)), "failed": int(recap.group(4))}
+    return {"ok": int(recap.group(1)), "changed": int(recap.group(2)), "failed": int(recap.group(4)),
+            "stdout": done.stdout}
+
+
+def set_state(mac: dict[str, Any], name: str, **values: Any) -> None:
+    path = mac["root"] / "state" / f"{name}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(values)
+    path.write_text(json.dumps(data))
 
 
 def state(mac: dict[str, Any], name: str) -> dict[str, Any]:
@@ -131,6 +147,8 @@ def test_install_is_idempotent_and_runs_as_the_owner(mac: dict[str, Any]) -> Non
                 "worker_macos_notifications": True}
     first = play(mac, "converge.yml", **features)
     assert first["changed"] > 0
+    # FileVault is on (the fdesetup stand-in's default): Ray would not start after a power cut until a login.
+    assert "FileVault is on" in first["stdout"] and "fdesetup authrestart" in first["stdout"]
     launchd = state(mac, "launchd")
     assert set(launchd["loaded"]) == {"system/com.bittrader.ray-worker", "system/com.bittrader.ray-throttle"}
     worker = launchd["loaded"]["system/com.bittrader.ray-worker"]
@@ -149,9 +167,48 @@ def test_install_is_idempotent_and_runs_as_the_owner(mac: dict[str, Any]) -> Non
     assert second["changed"] == 0
 
 
+INSTALL_FEATURES = {"bittrader_throttle_enabled": True, "worker_macos_keep_awake": "pmset",
+                    "worker_macos_notifications": True}
+
+
+def test_a_reload_waits_until_the_old_job_has_exited(mac: dict[str, Any]) -> None:
+    """A changed plist is booted out and bootstrapped again. The stand-in keeps the booted-out job for 30 s
+    (a Ray node stopping within its 60 s ExitTimeOut): bootstrap meanwhile fails with launchd's
+    "5: Input/output error" all through the old 5 retries 2 s apart (10 s of delays plus their own run time)."""
+    calls_before = len(state(mac, "launchd")["calls"])
+    result = play(mac, "converge.yml", env={"FAKEMAC_BOOTOUT_DELAY": "30"},
+                  ray_node_launchd_process_type="Background", **INSTALL_FEATURES)
+    assert result["changed"] > 0
+    launchd = state(mac, "launchd")
+    assert "system/com.bittrader.ray-worker" in launchd["loaded"]
+    calls = launchd["calls"][calls_before:]
+    target = "system/com.bittrader.ray-worker"
+    bootout = calls.index(["bootout", target])
+    bootstraps = [i for i, c in enumerate(calls) if c[0] == "bootstrap" and c[-1].endswith("ray-worker.plist")]
+    assert len(bootstraps) == 1  # one bootstrap, after launchd let go of the old job
+    waits = [c for c in calls[bootout + 1:bootstraps[0]] if c == ["print", target]]
+    assert len(waits) >= 5  # polled about once a second for 30 s
+
+
+def test_a_background_item_switched_off_says_what_to_switch_on(mac: dict[str, Any]) -> None:
+    set_state(mac, "launchd", btm_disabled=["com.bittrader.caffeinate"])
+    try:
+        done = run_play(mac, "converge.yml", **dict(INSTALL_FEATURES, worker_macos_keep_awake="caffeinate",
+                                                    ray_node_launchd_process_type="Background"))
+    finally:
+        set_state(mac, "launchd", btm_disabled=[])
+    assert done.returncode != 0
+    out = " ".join(done.stdout.split())
+    assert "launchd refused to load com.bittrader.caffeinate" in out
+    assert "5: Input/output error" in out
+    assert "switched off as a background item" in out
+    assert "Login Items & Extensions" in out and "Allow in the Background" in out
+
+
 def test_switches_and_restart(mac: dict[str, Any]) -> None:
+    # ray_node_launchd_process_type as the reload test left it: only node.json changes for the Ray job.
     result = play(mac, "converge.yml", bittrader_throttle_enabled=False, worker_macos_keep_awake="caffeinate",
-                  worker_macos_notifications=False, bittrader_num_cpus=3)
+                  worker_macos_notifications=False, bittrader_num_cpus=3, ray_node_launchd_process_type="Background")
     assert result["changed"] > 0
     launchd = state(mac, "launchd")
     assert set(launchd["loaded"]) == {"system/com.bittrader.ray-worker", "system/com.bittrader.caffeinate"}
@@ -170,11 +227,50 @@ def test_switches_and_restart(mac: dict[str, Any]) -> None:
     assert not any(c[:2] == ["bootstrap", "gui/501"] for c in state(mac, "launchd")["calls"])
 
 
+AGENT_SETTINGS = {"ray_node_launchd_kind": "agent", "worker_macos_keep_awake": "caffeinate",
+                  "worker_macos_notifications": False, "bittrader_num_cpus": 3}
+
+
+def test_a_synced_folder_is_read_as_the_service_account(mac: dict[str, Any]) -> None:
+    """Folder mode with a Dropbox folder under ~/Library/CloudStorage: the play warns that a LaunchDaemon
+    cannot read it, then reads every .py file with the venv's Python as the service account and fails,
+    naming the host and the folder, on a file it cannot open."""
+    folder = mac["home"] / "Library" / "CloudStorage" / "Dropbox" / "strategy"
+    (folder / "mystrategy").mkdir(parents=True)
+    (folder / "mystrategy" / "__init__.py").write_text("MARKER = 1\n")
+    defaults = yaml.safe_load((REPO / "roles" / "bittrader" / "defaults" / "main.yml").read_text())
+    minor = ".".join(str(defaults["bittrader_python_version"]).split(".")[:2])
+    (mac["base"] / "venv" / "lib" / f"python{minor}" / "site-packages").mkdir(parents=True, exist_ok=True)
+    code = {"bittrader_code_mode": "folder", "bittrader_code_folder": "~/Library/CloudStorage/Dropbox/strategy"}
+
+    ok = play(mac, "converge.yml", **AGENT_SETTINGS, **code)
+    out = " ".join(ok["stdout"].split())
+    assert f"bittrader_code_folder {folder} is in a cloud folder" in out
+    assert "Always keep on this device" in out
+
+    (folder / "mystrategy" / "signals.py").symlink_to(folder / "online-only-placeholder")
+    done = run_play(mac, "converge.yml", **AGENT_SETTINGS, **code)
+    assert done.returncode != 0
+    out = " ".join(done.stdout.split())
+    assert f"fakemac: {USER} (the account Ray runs as) cannot read the strategy code in {folder}" in out
+    assert "signals.py" in out
+    (folder / "mystrategy" / "signals.py").unlink()
+    play(mac, "converge.yml", **AGENT_SETTINGS, bittrader_code_mode="working_dir")
+
+
 def test_uninstall_removes_everything(mac: dict[str, Any]) -> None:
     """As playbooks/uninstall.yml calls it: include_role worker_macos tasks_from=uninstall.yml must not
-    install anything first."""
+    install anything first. It also removes the python3.X link an older `uv python install` (without
+    --no-bin) put in the owner's ~/.local/bin, and leaves the owner's own links there."""
+    local_bin = mac["home"] / ".local" / "bin"
+    local_bin.mkdir(parents=True, exist_ok=True)
+    (local_bin / "python3.12").symlink_to(mac["base"] / "python" / "cpython-3.12.12-macos-aarch64-none" / "bin"
+                                          / "python3.12")
+    (local_bin / "python3.11").symlink_to("/usr/bin/python3")
     calls_before = len(state(mac, "launchd")["calls"])
     play(mac, "uninstall.yml")
+    assert not (local_bin / "python3.12").is_symlink()
+    assert (local_bin / "python3.11").is_symlink()
     assert not any(c[0] in ("bootstrap", "enable") for c in state(mac, "launchd")["calls"][calls_before:])
     assert state(mac, "launchd")["loaded"] == {}
     assert list(mac["daemons"].glob("com.bittrader.*")) == []
