@@ -971,10 +971,23 @@ def type_problems(hostvars: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def inventory_problems(hostvars: Mapping[str, Any], windows: bool) -> list[str]:
+def inventory_problems(
+    hostvars: Mapping[str, Any], windows: bool, others: Mapping[str, Iterable[str]] | None = None
+) -> list[str]:
     """What playbooks/preflight.yml's first play checks on the admin machine, before anything reaches the
-    host: internal facts set from the inventory, and the connection settings."""
-    return reserved_problems(list(hostvars.keys())) + connection_problems(hostvars, windows)
+    host: internal facts set from the inventory, the connection settings, and the path, list, dict and
+    boolean settings (the OS from the host's group: Windows paths for the Windows workers).
+    others: variable names of the cluster's hosts that are not in this run (a --limit run), whose computed
+    facts (the head's token) this run would read through hostvars."""
+    problems = reserved_problems(list(hostvars.keys()))
+    for host, names in sorted((others or {}).items()):
+        problems += [f"{host}'s inventory: {p}" for p in reserved_problems(names)]
+    return (
+        problems
+        + connection_problems(hostvars, windows)
+        + path_problems(hostvars, "Win32NT" if windows else "")
+        + type_problems(hostvars)
+    )
 
 
 # Operating systems the roles are tested with or written for (docs/platforms.md). Linux: distribution ->
@@ -1095,6 +1108,25 @@ def probe_problems(found: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def node_check_lines(reports: Mapping[str, Any]) -> list[str]:
+    """One line per node whose on-node check (roles/ray_node/files/bittrader_verify.py --json; reports:
+    host -> its output) found problems, for verify's failure message; a refused token comes first."""
+    import json
+
+    lines: list[str] = []
+    for host, text in sorted(reports.items()):
+        try:
+            found = json.loads(str(text or ""))
+        except ValueError:
+            continue
+        if not isinstance(found, dict) or found.get("healthy", True):
+            continue
+        problems = [str(p) for p in found.get("problems") or []]
+        problems.sort(key=lambda p: "refused" not in p)
+        lines.append(f"{host} (on the node): {'; '.join(problems)}")
+    return lines
+
+
 class FilterModule:
     """Ansible entry point."""
 
@@ -1124,4 +1156,5 @@ class FilterModule:
             "bittrader_path_problems": path_problems,
             "bittrader_type_problems": type_problems,
             "bittrader_probe_problems": probe_problems,
+            "bittrader_node_check_lines": node_check_lines,
         }

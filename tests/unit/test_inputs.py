@@ -254,9 +254,20 @@ def test_reserved_problems_name_the_variables_and_pass_ordinary_ones() -> None:
                                 "group_names", "inventory_hostname"]) == []
 
 
-def test_inventory_problems_combine_both() -> None:
-    found = f.inventory_problems({"head_cluster_token": "x", "ansible_connection": "ssh"}, True)
-    assert len(found) == 2
+def test_inventory_problems_combine_every_check_before_facts() -> None:
+    found = f.inventory_problems({"head_cluster_token": "x", "ansible_connection": "ssh",
+                                  "bittrader_code_folder": "C:\\Users\\John Smith\\code",
+                                  "bittrader_firewall_admin_sources": "10.0.0.1"}, True)
+    assert [p.split(" ")[0] for p in found] == ["head_cluster_token", "ansible_shell_type", "bittrader_code_folder",
+                                                "bittrader_firewall_admin_sources"]
+    assert "has a space, which Ray cannot take on Windows" in found[2]
+
+
+def test_inventory_problems_see_the_heads_forged_token_in_a_limited_run() -> None:
+    """A --limit worker run does not check the head as a host, but reads its facts: its names are checked."""
+    found = f.inventory_problems({"bittrader_user": "bittrader"}, False,
+                                 {"head": ["head_cluster_token", "bittrader_user"], "w2": ["bittrader_user"]})
+    assert len(found) == 1 and found[0].startswith("head's inventory: head_cluster_token is a fact"), found
 
 
 # --- class 6: supported OS releases and resources ---
