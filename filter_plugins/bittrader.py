@@ -832,7 +832,7 @@ _NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,63}")
 
 def _path_problem(name: str, kind: str, value: object, windows: bool) -> str:
     if not isinstance(value, str):
-        return f"{name} must be a string (a path), got {type(value).__name__} {value!r}"
+        return f"{name} must be a string (a path), got {_type_name(value)} {value!r}"
     text = value
     if kind in ("home", "relative", "absolute", "winpath") and text == "":
         return ""
@@ -920,6 +920,15 @@ def _address_problem(value: str) -> bool:
     return False
 
 
+def _type_name(value: object) -> str:
+    """The YAML-ish type of value (Ansible hands tagged subclasses of str, list and dict to filters)."""
+    for kind, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (list, "list"),
+                       (tuple, "list"), (Mapping, "dict")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
 def type_problems(hostvars: Mapping[str, Any]) -> list[str]:
     """List, dict and boolean settings of the wrong type or with elements of the wrong kind: Jinja iterates a
     string's characters where a list was meant, and a string "false" is true in a condition."""
@@ -930,15 +939,15 @@ def type_problems(hostvars: Mapping[str, Any]) -> list[str]:
         value = hostvars.get(name)
         if not isinstance(value, list | tuple):
             problems.append(
-                f"{name} must be a list, got {type(value).__name__} {value!r}: write it as a YAML list, "
+                f"{name} must be a list, got {_type_name(value)} {value!r}: write it as a YAML list, "
                 f"for example [{value!r}]" if isinstance(value, str) else
-                f"{name} must be a list, got {type(value).__name__} {value!r}"
+                f"{name} must be a list, got {_type_name(value)} {value!r}"
             )
             continue
         for item in value:
             if not isinstance(item, str) or not item.strip():
                 problems.append(
-                    f"{name} holds {item!r} ({type(item).__name__}): each element must be a non-empty string"
+                    f"{name} holds {item!r} ({_type_name(item)}): each element must be a non-empty string"
                 )
             elif element == "address" and _address_problem(item.strip()):
                 problems.append(
@@ -952,11 +961,11 @@ def type_problems(hostvars: Mapping[str, Any]) -> list[str]:
             continue
         value = hostvars.get(name)
         if not isinstance(value, Mapping):
-            problems.append(f"{name} must be a mapping (key: value), got {type(value).__name__} {value!r}")
+            problems.append(f"{name} must be a mapping (key: value), got {_type_name(value)} {value!r}")
             continue
         for key, item in value.items():
             if element == "port" and (isinstance(item, bool) or not isinstance(item, int | str)):
-                problems.append(f"{name}.{key} must be a port number, got {type(item).__name__} {item!r}")
+                problems.append(f"{name}.{key} must be a port number, got {_type_name(item)} {item!r}")
             elif element == "tags" and (
                 not isinstance(item, list | tuple) or not all(isinstance(t, str) and t for t in item)
             ):
@@ -967,7 +976,7 @@ def type_problems(hostvars: Mapping[str, Any]) -> list[str]:
         value = hostvars.get(name)
         if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in _BOOL_WORDS):
             continue
-        problems.append(f"{name} must be true or false, got {type(value).__name__} {value!r}")
+        problems.append(f"{name} must be true or false, got {_type_name(value)} {value!r}")
     return problems
 
 

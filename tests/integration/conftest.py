@@ -236,11 +236,18 @@ class Hosts:
         platform that the containers are not (an old Debian, Windows Server)."""
         cache = workdir / "facts"
         shutil.copytree(self.fact_cache, cache)
+        # ansible-core 2.19's jsonfile cache: one file per host named PREFIX + host ("s1_bi-head"), holding
+        # {"__payload__": the facts as a JSON string}.
+        files = {p.name: p for p in cache.iterdir()}
+        template = next(name for name in files if name.endswith(WORKER2))
+        prefix = template[: -len(WORKER2)]
         for host, change in changes.items():
-            source = cache / host if (cache / host).exists() else cache / WORKER2
-            facts = json.loads(source.read_text())
+            source = files.get(prefix + host, files[template])
+            stored = json.loads(source.read_text())
+            facts = json.loads(stored["__payload__"]) if "__payload__" in stored else stored
             facts.update({f"ansible_{k}": v for k, v in change.items()})
-            (cache / host).write_text(json.dumps(facts))
+            text = json.dumps({"__payload__": json.dumps(facts)} if "__payload__" in stored else facts)
+            (cache / (prefix + host)).write_text(text)
         return cache
 
     def playbook(self, inventory: Path, playbook: str = "site.yml", *args: str, fact_cache: Path | None = None) -> Run:

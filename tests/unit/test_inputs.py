@@ -129,6 +129,16 @@ def test_each_wrong_type_is_named(hostvars: dict[str, Any], fragment: str) -> No
     assert len(found) == 1 and next(iter(hostvars)) in found[0] and fragment in found[0], found
 
 
+def test_types_are_named_as_yaml_types_for_ansibles_tagged_values() -> None:
+    """Ansible hands filters subclasses of str (found on the bad-input hosts: "got _AnsibleTaggedStr")."""
+
+    class Tagged(str):
+        pass
+
+    found = platform({"bittrader_firewall_admin_sources": Tagged("10.0.0.1")})
+    assert len(found) == 1 and "must be a list, got str '10.0.0.1'" in found[0], found
+
+
 def test_right_types_pass() -> None:
     assert platform({"bittrader_firewall_admin_sources": ["100.101.1.7", "192.168.1.0/24"],
                      "bittrader_extra_pip_packages": [], "bittrader_worker_groups": ["workers_linux"],
