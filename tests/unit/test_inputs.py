@@ -343,3 +343,23 @@ def test_the_probe_runs_with_the_new_arguments(tmp_path: Path) -> None:
     assert report["sudo_nopasswd"] == []
     assert report["disk"]["base"][0] == str(tmp_path) and report["disk"]["spill"][0] == str(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("inventory", ["example", "example-linux-head", "lab"])
+def test_the_shipped_inventories_pass_the_checks_before_facts(inventory: str) -> None:
+    """Every host of the shipped inventories passes inventory_problems (connection, computed facts, paths,
+    types) and platform_problems with facts of its group's OS."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    inv = InventoryManager(loader=loader, sources=[str(REPO / "inventory" / inventory)])
+    vm = VariableManager(loader=loader, inventory=inv)
+    facts = {"workers_windows": WINDOWS, "workers_macos": MAC}
+    for host in inv.groups["ray_cluster"].get_hosts():
+        hv = vm.get_vars(host=host)
+        windows = "workers_windows" in hv["group_names"]
+        assert f.inventory_problems(hv, windows) == [], host.name
+        group_facts = next((facts[g] for g in hv["group_names"] if g in facts), LINUX)
+        assert platform(hv, group_facts) == [], host.name
