@@ -361,15 +361,18 @@ CASES = [
     ),
     # --- class 3: the Ray account has passwordless sudo (read on each host, as root) ---
     Case(
-        "ray-account-is-the-passwordless-sudo-login+group-nopasswd-rule",
+        # One preflight run (the slow kind) for both sudo rules and class 6's free disk space.
+        "ray-account-is-the-passwordless-sudo-login+group-nopasswd-rule+too-little-free-disk",
         {
             HEAD: ["bittrader_user admin has passwordless sudo here", "NOPASSWD: ALL", "each job could become root",
                    "separate admin login"],
             WORKER2: [f"bittrader_user {SUDO_GROUP_USER} has passwordless sudo here",
                       "NOPASSWD: /usr/bin/systemctl"],
+            WORKER1: ["MiB free, less than bittrader_min_free_disk_mb (1000000000 MiB)", "free some space"],
         },
         host_vars={HEAD: {"bittrader_user": "admin", "bittrader_create_user": False},
-                   WORKER2: {"bittrader_user": SUDO_GROUP_USER, "bittrader_create_user": False}},
+                   WORKER2: {"bittrader_user": SUDO_GROUP_USER, "bittrader_create_user": False},
+                   WORKER1: {"bittrader_min_free_disk_mb": 10**9}},
         stage="preflight",
     ),
     Case(
@@ -452,12 +455,6 @@ CASES = [
                WINDOWS_HOST: {"system": "Win32NT", "os_family": "Windows", "architecture": "64-bit",
                               "distribution": "Microsoft Windows Server 2022 Datacenter",
                               "distribution_version": "10.0.20348.0", "powershell_version": 5}},
-    ),
-    Case(
-        "too-little-free-disk-for-the-venv",
-        {WORKER1: ["has", "MiB free, less than bittrader_min_free_disk_mb (1000000000 MiB)", "free some space"]},
-        host_vars={WORKER1: {"bittrader_min_free_disk_mb": 10**9}},
-        stage="preflight",
     ),
     Case(
         "limit-new-worker-head-without-token",
