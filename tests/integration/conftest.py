@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -35,7 +37,15 @@ IPS = {HEAD: "10.89.88.10", WORKER1: "10.89.88.11", WORKER2: "10.89.88.12"}
 NETWORK, SUBNET = "bittrader-badinput", "10.89.88.0/24"
 SHM_BYTES = 256 * 2**20  # each container's /dev/shm (--shm-size)
 FOREIGN_PORT = 16379  # a port another program (not Ray) listens on, on the head
+CONNECTION_PLAY = "Check how Ansible reaches each host"  # playbooks/preflight.yml's first play (no facts)
 PREFLIGHT_PLAY = "Preflight checks of the Bittrader Ray cluster"
+# A Windows worker that is no container: cases that must fail before anything connects to it (its address
+# answers nothing), or whose facts a case writes into the fact cache.
+WINDOWS_HOST, WINDOWS_IP = "bi-win", "10.89.88.50"
+WINDOWS_SSH = {"ansible_connection": "ansible.builtin.ssh", "ansible_shell_type": "powershell",
+               "ansible_host": WINDOWS_IP, "ansible_user": "admin", "bittrader_node_ip": WINDOWS_IP}
+# An account on bi-worker2 with a passwordless sudo rule through a group, for one command only.
+SUDO_GROUP_USER = "bi-wheel"
 PLAYBOOK_TIMEOUT = 600
 
 # The base inventory: valid (the session's control run proves it), lab-shaped, no Ray needed.
@@ -175,7 +185,7 @@ class Hosts:
         layout = dict(BASE_GROUPS if groups is None else groups)
         hosts: dict[str, dict[str, Any]] = {name: dict(BASE_HOST_VARS[name]) for name in IPS}
         for name, extra in (host_vars or {}).items():
-            hosts[name].update(extra)
+            hosts.setdefault(name, {}).update(extra)  # a host that is not a container (WINDOWS_HOST)
         used = {name for members in layout.values() for name in members} | set(host_vars or {})
         inventory = {
             "ray_cluster": {
@@ -183,7 +193,7 @@ class Hosts:
                     "ansible_connection": "containers.podman.podman",
                     "ansible_python_interpreter": "/usr/bin/python3",
                 },
-                "hosts": {name: hosts[name] for name in IPS if name in used},
+                "hosts": {name: hosts[name] for name in hosts if name in used},
                 "children": {group: {"hosts": {name: None for name in members}} for group, members in layout.items()},
             }
         }
@@ -220,13 +230,36 @@ class Hosts:
         env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
         return env
 
-    def playbook(self, inventory: Path, playbook: str = "site.yml", *args: str) -> Run:
+    def facts_with(self, workdir: Path, changes: Mapping[str, Mapping[str, Any]]) -> Path:
+        """A copy of the fact cache in which each host's facts carry changes (ansible_facts keys, without the
+        ansible_ prefix); a host without cached facts gets a copy of bi-worker2's. For a release or a
+        platform that the containers are not (an old Debian, Windows Server)."""
+        cache = workdir / "facts"
+        shutil.copytree(self.fact_cache, cache)
+        # ansible-core 2.19's jsonfile cache: one file per host named PREFIX + host ("s1_bi-head"), holding
+        # {"__payload__": the facts as a JSON string}.
+        files = {p.name: p for p in cache.iterdir()}
+        template = next(name for name in files if name.endswith(WORKER2))
+        prefix = template[: -len(WORKER2)]
+        for host, change in changes.items():
+            source = files.get(prefix + host, files[template])
+            stored = json.loads(source.read_text())
+            facts = json.loads(stored["__payload__"]) if "__payload__" in stored else stored
+            facts.update({f"ansible_{k}": v for k, v in change.items()})
+            text = json.dumps({"__payload__": json.dumps(facts)} if "__payload__" in stored else facts)
+            (cache / (prefix + host)).write_text(text)
+        return cache
+
+    def playbook(self, inventory: Path, playbook: str = "site.yml", *args: str, fact_cache: Path | None = None) -> Run:
         argv = ["ansible-playbook", "-i", str(inventory), str(REPO / playbook), *args]
         started = time.monotonic()
+        env = self.env()
+        if fact_cache is not None:
+            env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = str(fact_cache)
         res = subprocess.run(
             argv,
             cwd=REPO,
-            env=self.env(),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # errors (with each failing task's origin) in order with the rest
             text=True,
@@ -338,6 +371,10 @@ def bad_input_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]
         for name in IPS:  # Ansible's own working folder, made before the first fingerprint
             hosts.exec(name, "mkdir -p /root/.ansible/tmp && chmod 700 /root/.ansible /root/.ansible/tmp")
         start_foreign_listener(hosts)
+        hosts.exec(WORKER2, f"useradd --create-home {SUDO_GROUP_USER} && groupadd -f bi-ops "
+                            f"&& usermod -aG bi-ops {SUDO_GROUP_USER} "
+                            "&& echo '%bi-ops ALL=(root) NOPASSWD: /usr/bin/systemctl' > /etc/sudoers.d/bi-ops "
+                            "&& chmod 0440 /etc/sudoers.d/bi-ops")
         hosts.write_inventory(hosts.base_inventory)
         SESSION["setup"] = time.monotonic() - started
         before = hosts.snapshot()

@@ -25,12 +25,16 @@ from typing import Any
 import pytest
 import yaml
 from conftest import (
+    CONNECTION_PLAY,
     FOREIGN_PORT,
     HEAD,
     IPS,
     PREFLIGHT_PLAY,
     RECORDS,
     SHM_BYTES,
+    SUDO_GROUP_USER,
+    WINDOWS_HOST,
+    WINDOWS_SSH,
     WORKER1,
     WORKER2,
     Hosts,
@@ -64,7 +68,10 @@ HOST_CPUS = os.cpu_count() or 2
 HOST_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 # The task files whose checks may reject bad input ("<unknown>": the role's argument spec).
 CHECKS = ("roles/bittrader/tasks/validate.yml", "roles/bittrader/tasks/node_ip.yml",
-          "roles/bittrader/tasks/preflight.yml", "<unknown>")
+          "roles/bittrader/tasks/preflight.yml", "playbooks/preflight.yml", "<unknown>")
+# Groups with the stand-in Windows worker (not a container) next to the two Linux workers.
+WITH_WINDOWS = {"ray_head": (HEAD,), "workers_linux": (WORKER1, WORKER2), "workers_macos": (),
+                "workers_windows": (WINDOWS_HOST,)}
 
 
 PYTHON_MISMATCH = "/usr/bin/python3 is Python 3.11.2, not the pinned 3.11.9"
@@ -84,8 +91,11 @@ class Case:
     host_vars: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     groups: Mapping[str, Sequence[str]] | None = None  # None: head + two Linux workers
     args: Sequence[str] = ()
-    stage: str = "validate"  # rejected by validate (no host contacted) or preflight (after read-only reads)
+    # Where it is rejected: connection (playbooks/preflight.yml's first play, on the admin machine before any
+    # fact gathering), validate (no host contacted but to gather facts) or preflight (after read-only reads).
+    stage: str = "validate"
     names_host: bool = True
+    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # cached facts that differ (stand-ins)
 
 
 CASES = [
@@ -278,6 +288,174 @@ CASES = [
         host_vars={WORKER1: {"bittrader_user": "daemon"}, WORKER2: {"bittrader_object_store_memory": 2 * SHM_BYTES}},
         stage="preflight",
     ),
+    # --- issue 18, class 1: path-like settings (checked before fact gathering, and again in validate) ---
+    Case(
+        "dir-name-climbs-out-with-a-space+code-folder-runs-a-command+head-dir-is-dot-dot",
+        {
+            WORKER1: ["bittrader_worker_dir_name ../../opt/bt x must be one folder name", "keep the default"],
+            WORKER2: ["bittrader_code_folder ~/code/$(touch /tmp/pwned) holds", "$", "cannot take safely"],
+            HEAD: ["bittrader_head_dir_name .. must be one folder name"],
+        },
+        host_vars={
+            WORKER1: {"bittrader_worker_dir_name": "../../opt/bt x"},
+            WORKER2: {"bittrader_code_mode": "folder", "bittrader_code_folder": "~/code/$(touch /tmp/pwned)"},
+            HEAD: {"bittrader_head_dir_name": ".."},
+        },
+        stage="connection",
+    ),
+    Case(
+        "code-subdir-escapes+python-not-absolute+unit-file-line-injection",
+        {
+            WORKER1: ["bittrader_code_subdir ../../etc climbs out of its folder with .."],
+            WORKER2: ["bittrader_system_python python3 must be an absolute path"],
+            HEAD: ["bittrader_throttle_activity_file", "holds a control character", "write the path on one line"],
+        },
+        host_vars={
+            WORKER1: {"bittrader_code_mode": "folder", "bittrader_code_folder": "/srv/code",
+                      "bittrader_code_subdir": "../../etc"},
+            WORKER2: {"bittrader_system_python": "python3"},
+            HEAD: {"bittrader_throttle_activity_file": "/tmp/a\nExecStartPre=/bin/sh -c id"},
+        },
+        stage="connection",
+    ),
+    Case(
+        "windows-code-folder-with-a-space+task-folder-not-a-folder",
+        {WINDOWS_HOST: ["bittrader_code_folder C:\\Users\\John Smith\\code has a space",
+                        "Ray cannot take on Windows",
+                        "worker_windows_task_path Bittrader must be a Task Scheduler folder"]},
+        groups=WITH_WINDOWS,
+        host_vars={WINDOWS_HOST: {**WINDOWS_SSH, "bittrader_code_mode": "folder",
+                                  "bittrader_code_folder": "C:\\Users\\John Smith\\code",
+                                  "worker_windows_task_path": "Bittrader"}},
+        stage="connection",
+    ),
+    # --- class 2: a string where a list is expected, lists and dicts with wrong elements ---
+    Case(
+        "admin-sources-one-string+pip-packages-one-string+worker-groups-one-string",
+        {
+            HEAD: ["bittrader_firewall_admin_sources must be a list, got str 10.89.88.1", "[10.89.88.1]"],
+            WORKER1: ["bittrader_extra_pip_packages must be a list, got str pandas==2.3.3"],
+            WORKER2: ["bittrader_worker_groups must be a list, got str workers_linux"],
+        },
+        host_vars={
+            HEAD: {"bittrader_firewall_admin_sources": "10.89.88.1"},
+            WORKER1: {"bittrader_extra_pip_packages": "pandas==2.3.3"},
+            WORKER2: {"bittrader_worker_groups": "workers_linux"},
+        },
+        stage="connection",
+    ),
+    Case(
+        "firewall-off-as-a-word+port-as-a-list+admin-source-that-is-a-rule",
+        {
+            WORKER1: ["bittrader_firewall_enabled must be true or false, got str disabled"],
+            WORKER2: ["bittrader_ports.gcs must be a port number, got list [6379]"],
+            HEAD: ["bittrader_firewall_admin_sources holds 0.0.0.0/0 } accept; #",
+                   "which is not an IP address or range"],
+        },
+        host_vars={
+            WORKER1: {"bittrader_firewall_enabled": "disabled"},
+            WORKER2: {"bittrader_ports": {**DEFAULT_PORTS, "gcs": [6379]}},
+            HEAD: {"bittrader_firewall_admin_sources": ["0.0.0.0/0 } accept; #"]},
+        },
+        stage="connection",
+    ),
+    # --- class 3: the Ray account has passwordless sudo (read on each host, as root) ---
+    Case(
+        # One preflight run (the slow kind) for both sudo rules and class 6's free disk space.
+        "ray-account-is-the-passwordless-sudo-login+group-nopasswd-rule+too-little-free-disk",
+        {
+            HEAD: ["bittrader_user admin has passwordless sudo here", "NOPASSWD: ALL", "each job could become root",
+                   "separate admin login"],
+            WORKER2: [f"bittrader_user {SUDO_GROUP_USER} has passwordless sudo here",
+                      "NOPASSWD: /usr/bin/systemctl"],
+            WORKER1: ["MiB free, less than bittrader_min_free_disk_mb (1000000000 MiB)", "free some space"],
+        },
+        host_vars={HEAD: {"bittrader_user": "admin", "bittrader_create_user": False},
+                   WORKER2: {"bittrader_user": SUDO_GROUP_USER, "bittrader_create_user": False},
+                   WORKER1: {"bittrader_min_free_disk_mb": 10**9}},
+        stage="preflight",
+    ),
+    Case(
+        "ray-account-admin-on-every-host-limit-one-worker",
+        {WORKER1: ["bittrader_user admin has passwordless sudo here", "--ask-become-pass"]},
+        extra_vars={"bittrader_user": "admin"},
+        args=("--limit", WORKER1),
+        stage="preflight",
+    ),
+    # --- class 4: Windows connection settings, checked before anything reaches the host ---
+    Case(
+        "windows-over-ssh-without-powershell+linux-host-with-powershell-shell",
+        {
+            WINDOWS_HOST: ["ansible_shell_type is not set for a Windows worker reached over SSH",
+                           "set ansible_shell_type: powershell"],
+            WORKER1: ["ansible_shell_type is powershell for a Linux or macOS host"],
+        },
+        groups=WITH_WINDOWS,
+        host_vars={WINDOWS_HOST: {**WINDOWS_SSH, "ansible_shell_type": None},
+                   WORKER1: {"ansible_shell_type": "powershell"}},
+        stage="connection",
+    ),
+    Case(
+        "windows-local-connection+windows-become-sudo+linux-over-winrm",
+        {
+            WINDOWS_HOST: ["ansible_connection is local, which cannot reach a Windows worker",
+                           "Windows knows only runas"],
+            WORKER2: ["ansible_connection is winrm for a Linux or macOS host"],
+        },
+        groups=WITH_WINDOWS,
+        host_vars={WINDOWS_HOST: {**WINDOWS_SSH, "ansible_connection": "local", "ansible_become_method": "sudo"},
+                   WORKER2: {"ansible_connection": "winrm"}},
+        stage="connection",
+    ),
+    # --- class 5: facts the roles compute, set from the inventory ---
+    Case(
+        # The issue's case: a --limit worker run would write the head's forged token on the worker.
+        "forged-head-token-limit-new-worker",
+        {WORKER2: [f"{HEAD}s inventory: head_cluster_token is a fact that the roles compute",
+                   "remove it from the inventory"]},
+        host_vars={HEAD: {"head_cluster_token": "forged"}},
+        args=("--limit", WORKER2),
+        stage="connection",
+    ),
+    Case(
+        "marker-that-skips-the-checks+private-variable+token-path",
+        {
+            WORKER1: ["bittrader_facts_resolved is a fact that the roles compute"],
+            WORKER2: ["bittrader__problems is a fact that the roles compute"],
+            HEAD: ["bittrader_token_file is a fact that the roles compute"],
+        },
+        host_vars={
+            WORKER1: {"bittrader_facts_resolved": True},
+            WORKER2: {"bittrader__problems": []},
+            HEAD: {"bittrader_token_file": "/etc/shadow"},
+        },
+        stage="connection",
+    ),
+    # --- class 6: resources and OS releases ---
+    Case(
+        "too-little-memory+too-few-cpus+old-debian",
+        {
+            HEAD: [f"less than bittrader_min_memory_mb ({HOST_MEMORY // 2**20 * 2} MiB)", "leave it out"],
+            WORKER1: [f"this host has {HOST_CPUS} logical CPU(s), fewer than bittrader_min_cpus ({HOST_CPUS + 1})"],
+            WORKER2: ["Debian 10.13 is older than the supported Debian 11", "docs/platforms.md"],
+        },
+        host_vars={HEAD: {"bittrader_min_memory_mb": HOST_MEMORY // 2**20 * 2},
+                   WORKER1: {"bittrader_min_cpus": HOST_CPUS + 1}},
+        facts={WORKER2: {"distribution_version": "10.13", "distribution_major_version": "10"}},
+    ),
+    Case(
+        "unknown-distribution+windows-server",
+        {
+            WORKER1: ["Slackware 15.0 is not a supported Linux distribution"],
+            WINDOWS_HOST: ["Microsoft Windows Server 2022 Datacenter is not Windows 10 or 11"],
+        },
+        groups=WITH_WINDOWS,
+        host_vars={WINDOWS_HOST: dict(WINDOWS_SSH)},
+        facts={WORKER1: {"distribution": "Slackware", "distribution_version": "15.0"},
+               WINDOWS_HOST: {"system": "Win32NT", "os_family": "Windows", "architecture": "64-bit",
+                              "distribution": "Microsoft Windows Server 2022 Datacenter",
+                              "distribution_version": "10.0.20348.0", "powershell_version": 5}},
+    ),
     Case(
         "limit-new-worker-head-without-token",
         {WORKER2: ["the head bi-head has no auth token yet", "site.yml --limit bi-head",
@@ -298,7 +476,8 @@ def run_case(hosts: Hosts, case: Case) -> tuple[float, Any]:
         vars_file = hosts.scratch(case.id + "-vars") / "bad.yml"
         vars_file.write_text("---\n" + yaml.safe_dump(dict(case.extra_vars)))
         args += ["-e", f"@{vars_file}"]
-    run = hosts.playbook(inventory, "site.yml", *args)
+    facts = hosts.facts_with(hosts.scratch(case.id + "-facts"), case.facts) if case.facts else None
+    run = hosts.playbook(inventory, "site.yml", *args, fact_cache=facts)
     after = hosts.snapshot()
     return time.monotonic() - started, (run, after)
 
@@ -341,7 +520,8 @@ def test_bad_input_is_rejected_before_any_host_changes(bad_input_hosts: Hosts, c
     assert not changed, f"{case.id} changed {sorted(changed)}:\n" + "\n".join(changed.values())
 
     assert run.rc != 0, f"{case.id} was accepted:\n{context}"
-    assert plays(run.output) == [PREFLIGHT_PLAY], f"a play after preflight started:\n{context}"
+    expected_plays = [CONNECTION_PLAY] if case.stage == "connection" else [CONNECTION_PLAY, PREFLIGHT_PLAY]
+    assert plays(run.output) == expected_plays, f"a play after preflight started:\n{context}"
     assert role_tasks(run.output) in (["bittrader"], []), f"roles ran: {role_tasks(run.output)}\n{context}"
     assert set(recap_changed(run.output).values()) <= {0}, f"a task reported a change:\n{context}"
     assert found, f"no failed task in the output:\n{context}"

@@ -71,3 +71,17 @@ def test_venv_has_pinned_packages(host, pkg: str) -> None:  # type: ignore[no-un
     assert res.rc == 0
     if pkg == "ray":
         assert res.stdout.strip() == "2.60.0"
+
+
+def test_the_on_node_check_reports_a_healthy_node(host) -> None:  # type: ignore[no-untyped-def]
+    """verify_worker.sh (issue 18), run on the node as the service user: service up, head reachable,
+    the pinned Ray and the node's Python."""
+    import json
+
+    script = f"{base_dir(name_of(host))}/verify_worker.sh"
+    res = host.run(f"runuser -u {USER} -- {script} --json")
+    assert res.rc == 0, res.stdout + res.stderr
+    found = json.loads(res.stdout)
+    assert found["healthy"] and found["service_state"] == "running" and found["head_reachable"], found
+    assert found["ray"] == "2.60.0" and found["python"] == "3.11.2"
+    assert found["service"] == f"{unit_of(host)}.service" and found["auth_refused"] == []
