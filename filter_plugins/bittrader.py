@@ -286,6 +286,16 @@ def expected_cpus(num_cpus: object, throttled: bool, vcpus: object = None) -> in
     return _whole(vcpus) if _blank(num_cpus) else _whole(num_cpus)
 
 
+def expected_gpus(num_gpus: object, system: object = None) -> int | None:
+    """The GPUs a node gives Ray, which its `ray start` gets as --num-gpus and verify checks: the
+    inventory's bittrader_num_gpus when it is set; 0 on a Mac when it is empty (Ray 2.60 counts an Apple
+    silicon Mac's Metal GPU as one "GPU", and a job asking for a CUDA GPU would land there); else none:
+    Ray counts the host's NVIDIA GPUs itself, and verify compares that with what a task on the node sees."""
+    if not _blank(num_gpus):
+        return _whole(num_gpus)
+    return 0 if str(system) == "Darwin" else None
+
+
 def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB"
 
@@ -494,6 +504,27 @@ def _resource_problems(s: Mapping[str, Any], facts: Mapping[str, Any]) -> list[s
                 f"bittrader_num_cpus is {n} but this host has {vcpus} logical CPUs: set at most {vcpus}, or leave "
                 "it empty for all of them"
             )
+    gpus = s.get("num_gpus")
+    if not _blank(gpus):
+        n = _whole(gpus)
+        system = facts.get("system")
+        arch = str(facts.get("architecture") or facts.get("machine") or "")
+        if n is None:
+            problems.append(
+                f"bittrader_num_gpus must be empty (Ray counts the NVIDIA GPUs) or a whole number of GPUs, got "
+                f"{gpus!r}: set it to the GPUs Ray may use on this host, 0 for none, or leave it empty"
+            )
+        elif system == "Darwin" and n > 0 and arch in _INTEL_MAC_ARCHES:
+            problems.append(
+                f"bittrader_num_gpus is {n} on an Intel Mac, whose GPU Ray cannot use (no CUDA, no Apple silicon "
+                "Metal device): set 0 or leave it empty"
+            )
+        elif system == "Darwin" and n > 1:
+            problems.append(
+                f"bittrader_num_gpus is {n} on a Mac, which has one Apple silicon GPU and no NVIDIA GPU: leave it "
+                "empty (the default: the Mac gives Ray no GPU, so CUDA jobs never land on it) or set 1 to let "
+                "jobs that use Metal (PyTorch's mps device, MLX) ask for it"
+            )
     store = s.get("object_store_memory")
     if not _blank(store):
         n = _whole(store)
@@ -592,7 +623,8 @@ def host_problems(settings: Mapping[str, Any], facts: Mapping[str, Any] | None =
     """Every problem of one host's cluster variables, checked against its facts and the head's pins.
 
     settings: host, groups (group_names), head_group, worker_groups, ray_version, python_version,
-    network_mode, cluster_cidr, node_ip, num_cpus, object_store_memory, ports, user, extra_pip_packages,
+    network_mode, cluster_cidr, node_ip, num_cpus, num_gpus, object_store_memory, ports, user,
+    extra_pip_packages,
     psutil_version, numpy_version, throttle_enabled, throttle (policy: cpus_active, idle_threshold_s,
     battery_policy, hysteresis_s, load_guard, activity_source, activity_file), head (host, ray_version,
     python_version, ports: the head's values). facts: the host's ansible_facts (may be empty).
@@ -734,4 +766,5 @@ class FilterModule:
             "bittrader_ufw_rules": ufw_rules,
             "bittrader_ufw_stale": ufw_stale,
             "bittrader_expected_cpus": expected_cpus,
+            "bittrader_expected_gpus": expected_gpus,
         }
