@@ -289,6 +289,50 @@ def expected_cpus(num_cpus: object, throttled: bool, vcpus: object = None) -> in
     return _whole(vcpus) if _blank(num_cpus) else _whole(num_cpus)
 
 
+def expected_gpus(num_gpus: object, system: object = None) -> int | None:
+    """The GPUs a node gives Ray, which its `ray start` gets as --num-gpus and verify checks: the
+    inventory's bittrader_num_gpus when it is set; 0 on a Mac when it is empty (Ray 2.60 counts an Apple
+    silicon Mac's Metal GPU as one "GPU", and a job asking for a CUDA GPU would land there); else none:
+    Ray counts the host's NVIDIA GPUs itself, and verify compares that with what a task on the node sees."""
+    if not _blank(num_gpus):
+        return _whole(num_gpus)
+    return 0 if str(system) == "Darwin" else None
+
+
+def admin_source_problems(sources: object, variable: str = "bittrader_firewall_admin_sources") -> list[str]:
+    """Why the extra sources allowed to the head's dashboard / job API and Ray Client ports cannot be used.
+
+    Each must be an IPv4 address or range (the firewall's sets are IPv4). A private or Tailscale range
+    may be of any size; a public one must be a single address (an office's fixed IP), never a range of
+    the internet: whoever reaches those ports with the token runs code on every node.
+    """
+    if sources in (None, ""):
+        return []
+    if isinstance(sources, (str, bytes, Mapping)) or not isinstance(sources, Iterable):
+        return [f"{variable} must be a list of IPv4 addresses or ranges, for example ['100.101.102.103'], got "
+                f"{sources!r}"]
+    problems: list[str] = []
+    for item in sources:
+        text = str(item).strip()
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            problems.append(
+                f"{variable}: '{text}' is not an IPv4 address or range: write your admin machine's address, "
+                "for example 100.101.102.103 (its `tailscale ip -4`) or 192.168.1.20"
+            )
+            continue
+        if net.version != 4:
+            problems.append(f"{variable}: {text} is IPv6; the firewall's admin sources are IPv4 addresses or ranges")
+        elif net.prefixlen == 0 or (net.is_global and net.num_addresses > 1):
+            problems.append(
+                f"{variable}: {text} is a range of public internet addresses, to which the dashboard, job API and "
+                "Ray Client would be opened: give your admin machine's own address (a single public IP is "
+                "accepted), or use an SSH tunnel through the head (docs/clients.md)"
+            )
+    return problems
+
+
 def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB"
 
@@ -497,6 +541,27 @@ def _resource_problems(s: Mapping[str, Any], facts: Mapping[str, Any]) -> list[s
                 f"bittrader_num_cpus is {n} but this host has {vcpus} logical CPUs: set at most {vcpus}, or leave "
                 "it empty for all of them"
             )
+    gpus = s.get("num_gpus")
+    if not _blank(gpus):
+        n = _whole(gpus)
+        system = facts.get("system")
+        arch = str(facts.get("architecture") or facts.get("machine") or "")
+        if n is None:
+            problems.append(
+                f"bittrader_num_gpus must be empty (Ray counts the NVIDIA GPUs) or a whole number of GPUs, got "
+                f"{gpus!r}: set it to the GPUs Ray may use on this host, 0 for none, or leave it empty"
+            )
+        elif system == "Darwin" and n > 0 and arch in _INTEL_MAC_ARCHES:
+            problems.append(
+                f"bittrader_num_gpus is {n} on an Intel Mac, whose GPU Ray cannot use (no CUDA, no Apple silicon "
+                "Metal device): set 0 or leave it empty"
+            )
+        elif system == "Darwin" and n > 1:
+            problems.append(
+                f"bittrader_num_gpus is {n} on a Mac, which has one Apple silicon GPU and no NVIDIA GPU: leave it "
+                "empty (the default: the Mac gives Ray no GPU, so CUDA jobs never land on it) or set 1 to let "
+                "jobs that use Metal (PyTorch's mps device, MLX) ask for it"
+            )
     store = s.get("object_store_memory")
     if not _blank(store):
         n = _whole(store)
@@ -603,7 +668,8 @@ def host_problems(settings: Mapping[str, Any], facts: Mapping[str, Any] | None =
     """Every problem of one host's cluster variables, checked against its facts and the head's pins.
 
     settings: host, groups (group_names), head_group, worker_groups, ray_version, python_version,
-    network_mode, cluster_cidr, node_ip, num_cpus, object_store_memory, ports, user, extra_pip_packages,
+    network_mode, cluster_cidr, node_ip, num_cpus, num_gpus, object_store_memory, ports, user,
+    firewall_admin_sources, extra_pip_packages,
     psutil_version, numpy_version, throttle_enabled, throttle (policy: cpus_active, idle_threshold_s,
     battery_policy, hysteresis_s, load_guard, activity_source, activity_file), head (host, ray_version,
     python_version, ports: the head's values). facts: the host's ansible_facts (may be empty).
@@ -624,6 +690,7 @@ def host_problems(settings: Mapping[str, Any], facts: Mapping[str, Any] | None =
             f"bittrader_user '{user}' is not a valid Linux user name (letters, digits, _ . -, at most 32, not "
             "starting with a digit or -): keep the default bittrader"
         )
+    problems += admin_source_problems(s.get("firewall_admin_sources"))
     pins = {"ray": s.get("ray_version"), "psutil": s.get("psutil_version"), "numpy": s.get("numpy_version")}
     problems += pip_problems(s.get("extra_pip_packages", []), {k: v for k, v in pins.items() if not _blank(v)})
     if s.get("throttle_enabled") in (True, "true", "True", "yes", 1):
@@ -1177,4 +1244,6 @@ class FilterModule:
             "bittrader_type_problems": type_problems,
             "bittrader_probe_problems": probe_problems,
             "bittrader_node_check_lines": node_check_lines,
+            "bittrader_expected_gpus": expected_gpus,
+            "bittrader_admin_source_problems": admin_source_problems,
         }

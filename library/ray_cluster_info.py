@@ -10,11 +10,11 @@ short_description: Read a Ray cluster's nodes and check them against what the in
 description:
   - Connects to the Ray cluster at I(address) with the cluster's auth token, using the Python of the
     node's Ray virtual environment, and returns every node (alive, address, hostname, CPUs, memory,
-    object store) and, with I(probe_tasks), the Ray and Python versions a task saw on each alive node,
+    object store, GPUs) and, with I(probe_tasks), the Ray and Python versions a task saw on each alive node,
     and the strategy code it sees (C(bittrader_code_mode) - the commit of a git checkout, a fingerprint
     of a synced folder's files, or nothing when each job ships its code).
   - With I(expected_nodes), waits up to I(wait_timeout) seconds until every expected node is alive
-    with its CPUs and the cluster has at least I(min_total_cpus) CPUs; fails otherwise, naming the
+    with its CPUs and GPUs and the cluster has at least I(min_total_cpus) CPUs; fails otherwise, naming the
     missing or dead hosts and the CPU shortfall.
   - Reads only; runs the same in check mode.
 version_added: "1.0.0"
@@ -33,8 +33,10 @@ options:
     type: path
   expected_nodes:
     description:
-      - Nodes the inventory expects, each with C(name), C(ip) and optionally C(cpus) and C(code)
+      - Nodes the inventory expects, each with C(name), C(ip) and optionally C(cpus), C(gpus) and C(code)
         (C(mode) working_dir, folder or git, and for git the pinned commit as C(version)).
+      - C(gpus) none leaves the count to Ray's detection; a node whose probe task sees another number of
+        NVIDIA GPUs than Ray counts then gives a warning.
       - With I(probe_tasks), a node whose code differs fails the check; synced folders whose files
         differ between nodes give a warning.
     type: list
@@ -75,7 +77,8 @@ EXAMPLES = r"""
     token_file: "{{ bittrader_token_file }}"
     expected_nodes:
       - {name: head, ip: 100.77.179.14, cpus: 0}
-      - {name: air, ip: 100.77.179.15, code: {mode: folder}}
+      - {name: air, ip: 100.77.179.15, gpus: 0, code: {mode: folder}}
+      - {name: rig, ip: 100.77.179.16, cpus: 16, gpus: 2}
     min_total_cpus: 10
     ray_version: 2.60.0
     python_version: 3.12.12
@@ -93,26 +96,26 @@ nodes:
   returned: always
   type: list
   elements: dict
-  sample: [{node_id: "a1b2", alive: true, ip: "100.77.179.14", hostname: head, cpus: 0, memory: 8.5e9,
+  sample: [{node_id: "a1b2", alive: true, ip: "100.77.179.14", hostname: head, cpus: 0, gpus: 0, memory: 8.5e9,
             object_store_memory: 2.1e9, is_head: true,
-            task: {ray: 2.60.0, python: 3.12.12, code: {mode: git, commit: 0a1b2c..., on_path: true}}}]
+            task: {ray: 2.60.0, python: 3.12.12, nvidia_gpus: 0, code: {mode: git, commit: 0a1b2c..., on_path: true}}}]
 rows:
-  description: One row per expected host (host, ip, state, cpus, memory_gb, object_store_gb, ray, python, code).
+  description: One row per expected host (host, ip, state, cpus, gpus, memory_gb, object_store_gb, ray, python, code).
   returned: always
   type: list
   elements: dict
 summary:
-  description: Alive and dead nodes, CPUs, memory and object store (GiB) of the alive nodes.
+  description: Alive and dead nodes, CPUs, GPUs, memory and object store (GiB) of the alive nodes.
   returned: always
   type: dict
-  sample: {alive_nodes: 3, dead_nodes: 0, cpus: 22, memory_gb: 17.2, object_store_gb: 7.4}
+  sample: {alive_nodes: 3, dead_nodes: 0, cpus: 22, gpus: 2, memory_gb: 17.2, object_store_gb: 7.4}
 problems:
   description: Why the expectations do not hold; empty when they do.
   returned: always
   type: list
   elements: str
 warnings_found:
-  description: Nodes in the cluster that the inventory does not name.
+  description: Nodes in the cluster that the inventory does not name; GPUs Ray does not count.
   returned: always
   type: list
   elements: str

@@ -149,6 +149,15 @@ try:
 except Exception:
     live_totals = {}
 
+def nvidia_gpus():
+    # The NVIDIA GPUs this host has, as Ray's own detection counts them (NVML: every device, whatever
+    # CUDA_VISIBLE_DEVICES says); None when that cannot be read.
+    try:
+        from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+        return int(NvidiaGPUAcceleratorManager.get_current_node_num_accelerators())
+    except Exception:
+        return None
+
 @ray.remote(num_cpus=0, max_retries=0)
 def where():
     import importlib.metadata as m
@@ -170,6 +179,7 @@ def where():
         "user": os.environ.get("USER") or os.environ.get("USERNAME") or "",
         "uid": os.getuid() if hasattr(os, "getuid") else None,
         "code": code_info(),
+        "nvidia_gpus": nvidia_gpus(),
     }
 
 seen = {}
@@ -195,6 +205,7 @@ for node in nodes:
         "ip": node.get("NodeManagerAddress"),
         "hostname": node.get("NodeManagerHostname"),
         "cpus": res.get("CPU", 0.0),
+        "gpus": res.get("GPU", 0.0),
         "memory": res.get("memory", 0.0),
         "object_store_memory": res.get("object_store_memory", 0.0),
         "is_head": any(k.startswith("node:__internal_head__") for k in res),
@@ -239,9 +250,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Compare the cluster's nodes with the inventory's expectations.
 
-    expected_nodes: [{"name": host, "ip": address, "cpus": int or None, "code": {"mode", "version"} or
-    None}]. Returns problems (each a sentence naming the host), warnings, the summary, and one row per
-    inventory host.
+    expected_nodes: [{"name": host, "ip": address, "cpus": int or None, "gpus": int or None, "code":
+    {"mode", "version"} or None}]. Returns problems (each a sentence naming the host), warnings, the
+    summary, and one row per inventory host.
     """
     current = latest_nodes(nodes)
     by_ip = {str(n.get("ip")): n for n in current}
@@ -254,7 +265,7 @@ def evaluate(
         name, ip = str(exp["name"]), str(exp["ip"])
         expected_ips.add(ip)
         node = by_ip.get(ip)
-        row: dict[str, Any] = {"host": name, "ip": ip, "state": "missing", "cpus": "-", "memory_gb": "-",
+        row: dict[str, Any] = {"host": name, "ip": ip, "state": "missing", "cpus": "-", "gpus": "-", "memory_gb": "-",
                                "object_store_gb": "-", "ray": "-", "python": "-", "code": "-"}
         if node is None:
             problems.append(f"{name} ({ip}) has not joined the cluster")
@@ -266,6 +277,7 @@ def evaluate(
             row.update(
                 state="alive",
                 cpus=_num(node.get("cpus")),
+                gpus=_num(node.get("gpus")),
                 memory_gb=round(float(node.get("memory") or 0) / 2**30, 1),
                 object_store_gb=round(float(node.get("object_store_memory") or 0) / 2**30, 2),
             )
@@ -288,6 +300,11 @@ def evaluate(
             want = exp.get("cpus")
             if want not in (None, "") and float(node.get("cpus") or 0) != float(want):
                 problems.append(f"{name} ({ip}) gives Ray {_num(node.get('cpus'))} CPUs, the inventory expects {want}")
+            gpu_problem, gpu_warning = gpu_check(node, exp.get("gpus"))
+            if gpu_problem:
+                problems.append(f"{name} ({ip}) {gpu_problem}")
+            if gpu_warning:
+                warnings.append(f"{name} ({ip}) {gpu_warning}")
         rows.append(row)
     for node in current:
         if str(node.get("ip")) not in expected_ips and node.get("alive"):
@@ -306,10 +323,31 @@ def evaluate(
         "alive_nodes": len(alive),
         "dead_nodes": len([n for n in nodes if not n.get("alive")]),
         "cpus": _num(total_cpus),
+        "gpus": _num(sum(float(n.get("gpus") or 0) for n in alive)),
         "memory_gb": round(sum(float(n.get("memory") or 0) for n in alive) / 2**30, 1),
         "object_store_gb": round(sum(float(n.get("object_store_memory") or 0) for n in alive) / 2**30, 2),
     }
     return {"problems": problems, "warnings": warnings, "summary": summary, "rows": rows}
+
+
+def gpu_check(node: dict[str, Any], expected: Any) -> tuple[str, str]:
+    """(problem, warning) about the GPUs a node gives Ray, each a phrase or "".
+
+    expected is the inventory's count (bittrader_num_gpus, or 0 on a Mac, whose GPU the roles do not give
+    Ray): a node that gives Ray another number fails verify, like a CPU mismatch. None leaves the count to
+    Ray's detection: then a node whose probe task saw more or fewer NVIDIA GPUs (NVML) than Ray counts
+    gets a warning (a driver installed after Ray started; other vendors' GPUs, which Ray also counts).
+    """
+    gpus = float(node.get("gpus") or 0)
+    if expected not in (None, ""):
+        if gpus != float(expected):
+            return (f"gives Ray {_num(gpus)} GPUs, the inventory expects {_num(expected)} (bittrader_num_gpus)", "")
+        return "", ""
+    seen = (node.get("task") or {}).get("nvidia_gpus")
+    if isinstance(seen, int) and not isinstance(seen, bool) and float(seen) != gpus:
+        return "", (f"has {seen} NVIDIA GPUs but gives Ray {_num(gpus)}: restart its Ray service after installing "
+                    "the driver, or set bittrader_num_gpus")
+    return "", ""
 
 
 def code_label(code: dict[str, Any]) -> str:

@@ -188,9 +188,9 @@ def test_expected_nodes_take_the_cpus_a_run_resolved() -> None:
         "laptop": {"ansible_host": "10.0.0.12", "bittrader_throttle_enabled": True, "bittrader_expected_cpus": None},
     }
     assert expected_nodes(hostvars) == [
-        {"name": "head", "ip": "10.0.0.10", "cpus": 0},
-        {"name": "w1", "ip": "10.0.0.11", "cpus": 2},
-        {"name": "laptop", "ip": "10.0.0.12", "cpus": None},
+        {"name": "head", "ip": "10.0.0.10", "cpus": 0, "gpus": None},
+        {"name": "w1", "ip": "10.0.0.11", "cpus": 2, "gpus": None},
+        {"name": "laptop", "ip": "10.0.0.12", "cpus": None, "gpus": None},
     ]
 
 
@@ -206,10 +206,10 @@ def test_expected_nodes_of_hosts_a_limited_run_did_not_read_keep_the_inventorys_
         "zero": {"ansible_host": "10.0.0.15", "bittrader_num_cpus": 0},
     }
     assert expected_nodes(hostvars) == [
-        {"name": "head", "ip": "10.0.0.10", "cpus": 0},
-        {"name": "w1", "ip": "10.0.0.11", "cpus": 1},
-        {"name": "w2", "ip": "100.64.0.12", "cpus": 3},
-        {"name": "laptop", "ip": "10.0.0.13", "cpus": None},
-        {"name": "unsized", "ip": "10.0.0.14", "cpus": None},
-        {"name": "zero", "ip": "10.0.0.15", "cpus": 0},
+        {"name": "head", "ip": "10.0.0.10", "cpus": 0, "gpus": None},
+        {"name": "w1", "ip": "10.0.0.11", "cpus": 1, "gpus": None},
+        {"name": "w2", "ip": "100.64.0.12", "cpus": 3, "gpus": None},
+        {"name": "laptop", "ip": "10.0.0.13", "cpus": None, "gpus": None},
+        {"name": "unsized", "ip": "10.0.0.14", "cpus": None, "gpus": None},
+        {"name": "zero", "ip": "10.0.0.15", "cpus": 0, "gpus": None},
     ]

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import bittrader_workload
-from bittrader_workload import THREAD_ENV_VARS
+from bittrader_workload import THREAD_ENV_VARS, client
 from bittrader_workload.backtest import METRIC_NAMES, StrategyParams, evaluate
 from bittrader_workload.candles import DEFAULT_CANDLES, generate_candles, size_mib
 from bittrader_workload.grid import DEFAULT_PARAMS, MAX_PARAMS, ParamSet, make_grid
@@ -541,6 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall_s = time.perf_counter() - wall_t0
         else:
             if not ray.is_initialized():
+                # Ray Client without the token only times out after about 30 s: say why at once.
+                if client.effective_address(args.address).startswith("ray://") and client.auth_problem():
+                    print(f"error: {client.auth_problem()}", file=sys.stderr)
+                    return EXIT_USAGE
                 package_dir = os.path.dirname(bittrader_workload.__file__)
                 runtime_env = None if args.no_ship_code else {"py_modules": [package_dir]}
                 ray.init(address=args.address, runtime_env=runtime_env, logging_level=logging.WARNING)
