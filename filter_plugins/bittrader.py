@@ -802,6 +802,7 @@ RESERVED_FACTS = frozenset(
     {
         "bittrader_advertise_ip", "bittrader_advertise_pending", "bittrader_base_dir", "bittrader_cidr",
         "bittrader_code_dir", "bittrader_code_path", "bittrader_code_pth", "bittrader_expected_cpus",
+        "bittrader_expected_gpus",
         "bittrader_facts_resolved", "bittrader_head_address", "bittrader_head_host", "bittrader_head_ip",
         "bittrader_home", "bittrader_log_dir", "bittrader_node_config", "bittrader_node_role",
         "bittrader_preflight", "bittrader_ray_bin", "bittrader_run_dir", "bittrader_service_name",

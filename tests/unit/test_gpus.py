@@ -151,8 +151,11 @@ def test_the_probe_reports_gpus() -> None:
 
 
 def verify_tasks() -> list[dict[str, Any]]:
+    """The first play's tasks, with those inside blocks (and their rescue) in line."""
     plays = yaml.safe_load((REPO / "playbooks" / "verify.yml").read_text())
-    tasks: list[dict[str, Any]] = plays[0]["tasks"]
+    tasks: list[dict[str, Any]] = []
+    for task in plays[0]["tasks"]:
+        tasks.extend([*task.get("block", []), *task.get("rescue", [])] if "block" in task else [task])
     return tasks
 
 
