@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 
-import bittrader_ray_paths as rp  # noqa: E402
+import bittrader_ray_paths as rp
 
 
 def test_a_relative_temp_dir_lies_in_the_nodes_folder() -> None:

@@ -19,6 +19,7 @@ never passes through this program's arguments or logs. Standard library only.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import logging.handlers
@@ -291,7 +292,7 @@ def is_node_process(environ: dict[str, str] | None, cmdline: list[str], marker: 
 def node_processes(config: dict[str, Any], psutil_mod: Any = None) -> list[Any]:
     """Every live process of this node (this account's, see is_node_process), except this supervisor."""
     if psutil_mod is None:
-        import psutil as psutil_mod
+        psutil_mod = importlib.import_module("psutil")
     marker = node_marker(config)
     me = psutil_mod.Process(os.getpid()).username()
     found = []
@@ -373,7 +374,7 @@ def stop_stale(config: dict[str, Any], log: logging.Logger | None, psutil_mod: A
     account (the owner's notebook, a second `ray start`) is not touched."""
     try:
         if psutil_mod is None:
-            import psutil as psutil_mod
+            psutil_mod = importlib.import_module("psutil")
         procs = node_processes(config, psutil_mod)
         for proc in procs:
             try:
