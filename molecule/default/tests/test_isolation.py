@@ -11,6 +11,7 @@ for a running cluster in its default temp folder, /tmp/ray, which the node no lo
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -48,15 +49,22 @@ ray.shutdown()
 
 def pids_of(host: Any, pattern: str) -> set[int]:
     """The service account's processes whose command line matches pattern (pgrep -f)."""
-    out = host.run(f"pgrep -u {USER} -f {pattern!r} || true").stdout.split()
+    out = host.run(f"pgrep -u {USER} -f {shlex.quote(pattern)} || true").stdout.split()
     return {int(pid) for pid in out}
+
+
+def raylets_in(host: Any, folder: str) -> set[int]:
+    """The service account's raylet processes whose command line names folder (their sockets)."""
+    script = (f"for p in $(pgrep -u {USER} -x raylet); do "
+              f"tr '\\0' ' ' < /proc/$p/cmdline | grep -qF {shlex.quote(folder + '/session_')} && echo $p; done; true")
+    return {int(pid) for pid in host.run(script).stdout.split()}
 
 
 @pytest.fixture(scope="module")
 def second_ray(host: Any) -> Iterator[dict[str, Any]]:
     """A second Ray head of the service account on the worker, started outside the node's service (as
     the owner would from a terminal), with its own temp folder and free ports; stopped afterwards."""
-    gcs, client, agent, metrics = (int(p) for p in host.check_output(f"python3 -c {FREE_PORTS!r}").split())
+    gcs, client, agent, metrics = (int(p) for p in host.check_output(f"python3 -c {shlex.quote(FREE_PORTS)}").split())
     start = [f"{VENV}/ray", "start", "--head", f"--temp-dir={OTHER_TMP}", f"--port={gcs}",
              "--node-ip-address=127.0.0.1", f"--ray-client-server-port={client}",
              f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
@@ -75,8 +83,8 @@ def second_ray(host: Any) -> Iterator[dict[str, Any]]:
 def test_the_node_uses_its_own_temp_folder(host: Any) -> None:
     temp = ray_temp_dir(WORKER)
     assert host.file(f"{temp}/session_latest/sockets").is_directory
-    raylet = host.run(f"pgrep -u {USER} -a raylet").stdout
-    assert f"--temp_dir={temp}" in raylet, raylet
+    assert raylets_in(host, temp), "no raylet of the service account has its sockets in the node's temp folder"
+    assert not host.file("/tmp/ray/ray_current_cluster").exists, "a plain ray.init() here would find the cluster"
     longest = host.run(f"find {temp}/session_latest/sockets/ -type s | awk '{{ print length }}' | sort -n | tail -1")
     print(f"\nlongest socket path of the node: {longest.stdout.strip()} bytes")
 
@@ -84,14 +92,14 @@ def test_the_node_uses_its_own_temp_folder(host: Any) -> None:
 def test_a_second_ray_of_the_account_survives_the_supervisors_restart(host: Any, second_ray: dict[str, Any]) -> None:
     head = host.get_host(f"podman://{HEAD}")
     before = second_ray["pids"]
-    node_raylets = pids_of(host, f"raylet.*--temp_dir={ray_temp_dir(WORKER)}")
+    node_raylets = raylets_in(host, ray_temp_dir(WORKER))
     assert node_raylets, "the node's raylet is not running"
     started = time.monotonic()
     assert host.run(f"systemctl restart {UNIT}").rc == 0
     # Until the node's new raylet is up, the supervisor has run its clean-up of stale processes.
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
     while time.monotonic() < deadline:
-        now = pids_of(host, f"raylet.*--temp_dir={ray_temp_dir(WORKER)}")
+        now = raylets_in(host, ray_temp_dir(WORKER))
         if now and not now & node_raylets:
             break
         time.sleep(1)
