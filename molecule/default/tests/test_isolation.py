@@ -85,7 +85,8 @@ def test_the_node_uses_its_own_temp_folder(host: Any) -> None:
     assert host.file(f"{temp}/session_latest/sockets").is_directory
     assert raylets_in(host, temp), "no raylet of the service account has its sockets in the node's temp folder"
     assert not host.file("/tmp/ray/ray_current_cluster").exists, "a plain ray.init() here would find the cluster"
-    longest = host.run(f"find {temp}/session_latest/sockets/ -type s | awk '{{ print length }}' | sort -n | tail -1")
+    longest = host.run(f"find \"$(readlink -f {temp}/session_latest)/sockets\" -type s | awk '{{ print length }}' "
+                       "| sort -n | tail -1")
     print(f"\nlongest socket path of the node: {longest.stdout.strip()} bytes")
 
 
