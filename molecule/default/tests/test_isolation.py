@@ -93,14 +93,16 @@ def test_the_node_uses_its_own_temp_folder(host: Any) -> None:
 def test_a_second_ray_of_the_account_survives_the_supervisors_restart(host: Any, second_ray: dict[str, Any]) -> None:
     head = host.get_host(f"podman://{HEAD}")
     before = second_ray["pids"]
-    node_raylets = raylets_in(host, ray_temp_dir(WORKER))
+    # The node's raylet: the account's raylet that is not the second Ray's (found without relying on
+    # the node's temp folder, so the test also tells what an old supervisor did to the second Ray).
+    node_raylets = raylets_in(host, "") - raylets_in(host, OTHER_TMP)
     assert node_raylets, "the node's raylet is not running"
     started = time.monotonic()
     assert host.run(f"systemctl restart {UNIT}").rc == 0
     # Until the node's new raylet is up, the supervisor has run its clean-up of stale processes.
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
     while time.monotonic() < deadline:
-        now = raylets_in(host, ray_temp_dir(WORKER))
+        now = raylets_in(host, "") - raylets_in(host, OTHER_TMP)
         if now and not now & node_raylets:
             break
         time.sleep(1)
