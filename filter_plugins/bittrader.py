@@ -802,7 +802,7 @@ RESERVED_FACTS = frozenset(
     {
         "bittrader_advertise_ip", "bittrader_advertise_pending", "bittrader_base_dir", "bittrader_cidr",
         "bittrader_code_dir", "bittrader_code_path", "bittrader_code_pth", "bittrader_expected_cpus",
-        "bittrader_expected_gpus",
+        "bittrader_expected_gpus", "bittrader_ray_temp_path",
         "bittrader_facts_resolved", "bittrader_head_address", "bittrader_head_host", "bittrader_head_ip",
         "bittrader_home", "bittrader_log_dir", "bittrader_node_config", "bittrader_node_role",
         "bittrader_preflight", "bittrader_ray_bin", "bittrader_run_dir", "bittrader_service_name",
@@ -1113,10 +1113,15 @@ def os_problems(facts: Mapping[str, Any]) -> list[str]:
             ]
     elif system == "Win32NT":
         problems: list[str] = []
-        if not re.search(r"\bWindows (10|11)\b", distribution) or "Server" in distribution:
+        # Windows 10 and 11, and Windows Server 2022 or newer (GitHub's hosted Windows runners, on which
+        # .github/workflows/real-os.yml provisions a worker).
+        server = re.search(r"\bWindows Server (\d{4})\b", distribution)
+        if not (server and int(server.group(1)) >= 2022) and (
+            not re.search(r"\bWindows (10|11)\b", distribution) or "Server" in distribution
+        ):
             problems.append(
-                f"{distribution or 'this Windows'} is not Windows 10 or 11, the Windows releases these roles "
-                "support (docs/platforms.md)"
+                f"{distribution or 'this Windows'} is not Windows 10, 11 or Server 2022 or newer, the Windows "
+                "releases these roles support (docs/platforms.md)"
             )
         ps = facts.get("powershell_version")
         if ps is not None and _version_tuple(str(ps)) and _version_tuple(str(ps)) < _MIN_POWERSHELL[:1]:

@@ -447,13 +447,13 @@ CASES = [
         "unknown-distribution+windows-server",
         {
             WORKER1: ["Slackware 15.0 is not a supported Linux distribution"],
-            WINDOWS_HOST: ["Microsoft Windows Server 2022 Datacenter is not Windows 10 or 11"],
+            WINDOWS_HOST: ["Microsoft Windows Server 2019 Datacenter is not Windows 10, 11 or Server 2022"],
         },
         groups=WITH_WINDOWS,
         host_vars={WINDOWS_HOST: dict(WINDOWS_SSH)},
         facts={WORKER1: {"distribution": "Slackware", "distribution_version": "15.0"},
                WINDOWS_HOST: {"system": "Win32NT", "os_family": "Windows", "architecture": "64-bit",
-                              "distribution": "Microsoft Windows Server 2022 Datacenter",
+                              "distribution": "Microsoft Windows Server 2019 Datacenter",
                               "distribution_version": "10.0.20348.0", "powershell_version": 5}},
     ),
     Case(

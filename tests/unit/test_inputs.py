@@ -287,8 +287,8 @@ def test_inventory_problems_see_the_heads_forged_token_in_a_limited_run() -> Non
         ({**LINUX, "distribution_version": "10.13"}, "Debian 10.13 is older than the supported Debian 11"),
         ({**LINUX, "distribution": "Ubuntu", "distribution_version": "20.04"}, "older than the supported Ubuntu 22.4"),
         ({**LINUX, "distribution": "Slackware", "distribution_version": "15.0"}, "not a supported Linux distribution"),
-        ({**WINDOWS, "distribution": "Microsoft Windows Server 2022 Datacenter"}, "is not Windows 10 or 11"),
-        ({**WINDOWS, "distribution": "Microsoft Windows 8.1 Pro"}, "is not Windows 10 or 11"),
+        ({**WINDOWS, "distribution": "Microsoft Windows Server 2019 Datacenter"}, "is not Windows 10, 11 or Server 2022"),
+        ({**WINDOWS, "distribution": "Microsoft Windows 8.1 Pro"}, "is not Windows 10, 11 or Server 2022"),
         ({**WINDOWS, "powershell_version": 4}, "Windows PowerShell 4 is older than 5.1"),
         ({**LINUX, "memtotal_mb": 1024}, "this host has 1024 MiB of memory, less than bittrader_min_memory_mb"),
         ({**LINUX, "processor_vcpus": 1}, "this host has 1 logical CPU(s), fewer than bittrader_min_cpus (2)"),
@@ -302,7 +302,9 @@ def test_os_and_resource_problems(facts: dict[str, Any], fragment: str) -> None:
 def test_supported_systems_pass() -> None:
     for facts in (LINUX, MAC, WINDOWS, {**LINUX, "distribution": "Ubuntu", "distribution_version": "24.04"},
                   {**LINUX, "distribution": "Rocky", "distribution_version": "9.5"},
-                  {**WINDOWS, "distribution": "Microsoft Windows 10 Home"}, {}):
+                  {**WINDOWS, "distribution": "Microsoft Windows 10 Home"},
+                  {**WINDOWS, "distribution": "Microsoft Windows Server 2022 Datacenter"},
+                  {**WINDOWS, "distribution": "Microsoft Windows Server 2025 Datacenter"}, {}):
         assert platform({}, facts) == [], facts
 
 

@@ -39,6 +39,7 @@ def host_vars(role: str = "worker", user: str = "trader", home: str | None = Non
         bittrader_run_dir=f"{base}/run",
         bittrader_token_file=f"{base}/auth_token",
         bittrader_node_config=f"{base}/node.json",
+        bittrader_ray_temp_path=f"{base}/ray",
         bittrader_head_address="100.77.179.14:6379",
         bittrader_advertise_ip="100.77.179.15",
     )
@@ -199,3 +200,5 @@ def test_node_json_enables_multi_node_ray_on_macos() -> None:
     node = json.loads(render("roles/ray_node/templates/node.json.j2", host_vars()))
     assert node["env"]["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"
     assert node["log_file"] == "/Users/trader/.bittrader_worker/logs/worker.log"
+    # The node's own temp folder: a plain ray.init() of the owner (same account) looks in /tmp/ray.
+    assert node["temp_dir"] == "/Users/trader/.bittrader_worker/ray"

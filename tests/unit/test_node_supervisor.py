@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def make_config(tmp_path: Path, mode: str, **extra: Any) -> dict[str, Any]:
         "log_file": str(tmp_path / "logs" / "worker.log"),
         "error_log_file": str(tmp_path / "logs" / "worker_error.log"),
         "state_file": str(tmp_path / "supervisor.json"),
+        "temp_dir": str(tmp_path / "ray"),
         "restart_delay_s": 1,
         "restart_max_delay_s": 8,
     }
@@ -75,7 +77,7 @@ def make_config(tmp_path: Path, mode: str, **extra: Any) -> dict[str, Any]:
 
 def test_start_command_takes_the_throttles_cpu_count(tmp_path: Path) -> None:
     config = make_config(tmp_path, "exit3")
-    assert node.start_command(config)[-1] == "--num-cpus=4"
+    assert node.start_command(config)[-2:] == [f"--temp-dir={tmp_path / 'ray'}", "--num-cpus=4"]
     Path(config["num_cpus_file"]).write_text("2\n")
     assert node.start_command(config)[-1] == "--num-cpus=2"
     Path(config["num_cpus_file"]).write_text("garbage")
@@ -103,9 +105,8 @@ def test_run_once_logs_both_streams_and_restarts_after_a_failure(
     config = make_config(tmp_path, "exit3")
     assert node.run_once(config) == 3
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls[0] == "stop --force"
-    assert calls[1] == "start --block --address=10.0.0.10:6379 --num-cpus=4"
-    assert calls[2] == "stop --force"
+    # Never `ray stop`: it ends every Ray of the account (the owner's own, on a Mac or a PC).
+    assert calls == [f"start --block --address=10.0.0.10:6379 --temp-dir={tmp_path / 'ray'} --num-cpus=4"]
     assert "Ray runtime started." in Path(config["log_file"]).read_text()
     assert "a warning" in Path(config["error_log_file"]).read_text()
     state = json.loads(Path(config["state_file"]).read_text())
@@ -284,3 +285,143 @@ def test_a_process_that_ends_mid_scan_does_not_blind_the_watchdog(monkeypatch: p
     assert seen == {"raylet"}
     tree["now"] = [Child(None), Child("ray::IDLE")]
     assert node.critical_gone(1, ("raylet",), seen) == "raylet"
+
+
+def _spawn(tmp_path: Path, tag: str, env: dict[str, str] | None = None, ignore_term: bool = False,
+           args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """A long-running stand-in for a Ray process: a shell that sleeps, with the given environment and
+    extra (inert) arguments on its command line."""
+    script = ("trap '' TERM; " if ignore_term else "") + "while :; do sleep 0.2; done"
+    full_env = {k: v for k, v in os.environ.items() if k != node.NODE_ENV}
+    full_env.update(env or {})
+    return subprocess.Popen(["/bin/sh", "-c", script, f"stand-in-{tag}", *args], env=full_env,
+                            start_new_session=True)
+
+
+def _wait_dead(proc: subprocess.Popen[bytes], timeout: float = 15) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def test_restart_ends_only_this_nodes_processes(tmp_path: Path) -> None:
+    """Issue 14 item 5: the stale processes of the node (found by the marker every process of the node
+    inherits, or by its temp folder on their command line) end; a Ray of the same account that is not
+    the node's (the owner's notebook, a second `ray start` elsewhere, another node's) keeps running.
+    The old supervisor ran `ray stop --force`, which ends all of them on a real host and, with the fake
+    `ray`, none."""
+    pytest.importorskip("psutil")
+    config = make_config(tmp_path, "exit3")
+    marker = node.node_marker(config)
+    ours_env = _spawn(tmp_path, "agent", {node.NODE_ENV: marker})
+    ours_args = _spawn(tmp_path, "log-monitor", args=(f"--logs-dir={tmp_path / 'ray'}/session_x/logs",))
+    stubborn = _spawn(tmp_path, "stubborn", {node.NODE_ENV: marker}, ignore_term=True)
+    owners = _spawn(tmp_path, "owner", args=("--temp-dir=/tmp/ray",))
+    sibling = _spawn(tmp_path, "sibling-folder", args=(f"--temp-dir={tmp_path / 'ray-other'}",))
+    other_node = _spawn(tmp_path, "other-node", {node.NODE_ENV: str(tmp_path / "other")},
+                        args=(f"--temp-dir={tmp_path / 'ray'}",))  # its marker wins over its arguments
+    spared = (owners, sibling, other_node)
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        node.stop_stale(config, None, grace_s=2.0)
+        print(f"stop_stale took {time.monotonic() - started:.1f} s")
+        for proc in (ours_env, ours_args, stubborn):
+            assert _wait_dead(proc, 5), f"pid {proc.pid} of the node outlived the restart"
+        for proc in spared:
+            assert proc.poll() is None, f"pid {proc.pid} is not the node's and was ended"
+    finally:
+        for proc in (ours_env, ours_args, stubborn, *spared):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_run_once_ends_stale_node_processes_and_spares_the_owners_ray(tmp_path: Path) -> None:
+    pytest.importorskip("psutil")
+    config = make_config(tmp_path, "exit3")
+    lingering = _spawn(tmp_path, "agent", {node.NODE_ENV: node.node_marker(config)})
+    owners = _spawn(tmp_path, "owner", args=("--temp-dir=/tmp/ray",))
+    try:
+        assert node.run_once(config) == 3
+        assert _wait_dead(lingering), "a lingering process of the node survived the supervisor's start"
+        assert owners.poll() is None, "the supervisor ended a Ray that is not the node's"
+        assert "stop" not in (tmp_path / "calls").read_text().split()
+    finally:
+        for proc in (lingering, owners):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_every_process_of_the_node_inherits_the_marker(tmp_path: Path) -> None:
+    config = make_config(tmp_path, "exit3")
+    env = node.ray_env(config)
+    assert env[node.NODE_ENV] == os.path.normcase(os.path.abspath(tmp_path / "ray"))
+    out = subprocess.run([config["ray"], "x"], env={**env, "FAKE_MODE": "none"}, check=True)
+    assert out.returncode == 0
+    child = subprocess.run(["/bin/sh", "-c", f'printf %s "${node.NODE_ENV}"'], env=env, capture_output=True,
+                           text=True, check=True)
+    assert child.stdout == env[node.NODE_ENV]
+
+
+@pytest.mark.parametrize(
+    ("environ", "cmdline", "ours"),
+    [
+        ({node.NODE_ENV: "/n/ray"}, ["ray::IDLE"], True),  # a worker: renamed, its environment tells
+        ({node.NODE_ENV: "/n/other"}, ["raylet", "--temp_dir=/n/ray"], False),
+        ({}, ["raylet", "--temp_dir=/n/ray"], True),
+        ({}, ["python", "agent.py", "--log-dir=/n/ray/session_1/logs"], True),
+        (None, ["python", "--temp-dir", "/n/ray"], True),
+        ({}, ["python", "--temp-dir=/n/ray-2"], False),
+        ({}, ["python", "--temp-dir=/tmp/ray"], False),
+        (None, ["ray::IDLE"], False),
+    ],
+)
+def test_which_processes_are_the_nodes(environ: dict[str, str] | None, cmdline: list[str], ours: bool) -> None:
+    assert node.is_node_process(environ, cmdline, "/n/ray") is ours
+
+
+def test_stale_sockets_are_removed_once_the_node_is_down(tmp_path: Path) -> None:
+    """A socket left by a killed raylet makes Ray name the next one plasma_store.1 (longer: the path
+    limit the preflight checks assumes the plain name); other files stay."""
+    import socket
+
+    pytest.importorskip("psutil")
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="bt", dir="/tmp"))  # pytest's tmp_path passes the socket limit
+    try:
+        config = make_config(tmp_path, "exit3", temp_dir=str(short))
+        sockets = short / "session_2026-12-07_08-52-47_123456_42" / "sockets"
+        sockets.mkdir(parents=True)
+        left = socket.socket(socket.AF_UNIX)
+        left.bind(str(sockets / "plasma_store"))
+        left.close()
+        (sockets / "notes").write_text("not a socket")
+        node.stop_stale(config, None)
+        assert sorted(p.name for p in sockets.iterdir()) == ["notes"]
+    finally:
+        shutil.rmtree(short)
+
+
+def test_a_default_ray_current_cluster_pointing_at_the_cluster_is_removed(tmp_path: Path) -> None:
+    """Left by a node that still used /tmp/ray (before it had its own temp folder): a plain ray.init()
+    of the account reads it and attaches to the cluster. The owner's own address there stays."""
+    config = make_config(tmp_path, "exit3")
+    env = {"RAY_TMPDIR": str(tmp_path / "tmp")}
+    assert node.default_ray_temp_dir(env) == tmp_path / "tmp" / "ray"
+    assert node.default_ray_temp_dir({"TMPDIR": "/x"}, "linux") == Path("/x/ray")
+    assert node.default_ray_temp_dir({"TMPDIR": "/var/folders/x"}, "darwin") == Path("/tmp/ray")
+    current = tmp_path / "tmp" / "ray" / "ray_current_cluster"
+    current.parent.mkdir(parents=True)
+    current.write_text("10.0.0.10:6379")
+    assert node.forget_default_address(config, env) is True and not current.exists()
+    current.write_text("127.0.0.1:6380")  # the owner's own `ray start`
+    assert node.forget_default_address(config, env) is False and current.exists()
+    head = make_config(tmp_path / "h", "exit3", role="head",
+                       start_args=["start", "--block", "--node-ip-address=10.0.0.10", "--head", "--port=6379"])
+    assert node.cluster_addresses(head) == {"10.0.0.10:6379"}
+    assert node.cluster_addresses(config) == {"10.0.0.10:6379"}

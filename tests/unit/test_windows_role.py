@@ -309,6 +309,7 @@ def test_ray_lives_in_a_plain_ascii_folder_whatever_the_profile_is_called(hv: di
     assert hv["bittrader_node_config"] == base + "\\node.json"
     assert hv["bittrader_ray_bin"] == base + "\\venv\\Scripts\\ray.exe"
     assert hv["bittrader_venv_python"] == base + "\\venv\\Scripts\\python.exe"
+    assert hv["bittrader_ray_temp_path"] == base + "\\ray"
     assert hv["worker_windows_paths"]["node_script"] == base + "\\venv\\Scripts\\bittrader-node.py"
     assert hv["worker_windows_paths"]["uv_dir"] == base + "\\uv\\" + hv["bittrader_uv_version"]
     assert hv["worker_windows_paths"]["tmp_dir"] == base + "\\tmp"
@@ -465,6 +466,7 @@ def test_node_json_has_windows_paths_and_the_cluster_flag(hv: dict[str, Any]) ->
     assert ntpath.normpath(config["log_file"]) == hv["bittrader_log_dir"] + "\\worker.log"
     assert ntpath.normpath(config["error_log_file"]) == hv["bittrader_log_dir"] + "\\worker_error.log"
     assert ntpath.normpath(config["state_file"]) == hv["bittrader_run_dir"] + "\\supervisor.json"
+    assert config["temp_dir"] == hv["bittrader_base_dir"] + "\\ray"  # not the head's, not %TEMP%\\ray
     assert ntpath.normpath(config["num_cpus_file"]) == hv["worker_windows_paths"]["num_cpus_file"]
     args = config["start_args"]
     assert args[:2] == ["start", "--block"]

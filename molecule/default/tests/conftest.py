@@ -60,6 +60,11 @@ def base_dir(name: str) -> str:
     return f"{HOME}/.bittrader_head" if name == HEAD else f"{HOME}/.bittrader_worker"
 
 
+def ray_temp_dir(name: str) -> str:
+    """The node's own Ray temp/session folder (bittrader_ray_temp_dir), not Ray's default /tmp/ray."""
+    return f"{base_dir(name)}/ray"
+
+
 def as_user(cmd: list[str], env: dict[str, str] | None = None) -> str:
     """A shell command that runs cmd as the service user with env."""
     prefix = ["runuser", "-u", USER, "--", "env"] + [f"{k}={v}" for k, v in (env or {}).items()]

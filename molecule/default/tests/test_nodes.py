@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ALL_HOSTS, HEAD, USER, base_dir
+from conftest import ALL_HOSTS, HEAD, USER, base_dir, ray_temp_dir
 
 testinfra_hosts = ALL_HOSTS
 
@@ -50,7 +50,8 @@ def test_token_is_private_and_never_logged(host) -> None:  # type: ignore[no-unt
     assert token_file.mode == 0o600
     token = token_file.content_string.strip()
     assert len(token) == 64
-    logs = host.run(f"grep -rlF {token} {base_dir(name_of(host))}/logs /tmp/ray || true").stdout.strip()
+    logs = host.run(f"grep -rlF {token} {base_dir(name_of(host))}/logs {ray_temp_dir(name_of(host))} /tmp/ray "
+                    "2>/dev/null || true").stdout.strip()
     assert logs == "", f"token found in {logs}"
     journal = host.run(f"journalctl --no-pager -o cat | grep -cF {token} || true").stdout.strip()
     assert journal == "0"

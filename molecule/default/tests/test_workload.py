@@ -34,11 +34,13 @@ from conftest import (
     as_user,
     base_dir,
     probe_cluster,
+    ray_temp_dir,
     run_playbook,
 )
 
 testinfra_hosts = [f"podman://{HEAD}"]
 VENV_PY = f"{HEAD_BASE}/venv/bin/python"
+RAY_TMP = ray_temp_dir(HEAD)
 HOME = f"/home/{USER}"
 # The smoke size must finish within 2 minutes (playbook included) on a quiet machine; a loaded
 # developer machine may raise the limit.
@@ -77,9 +79,9 @@ def fingerprint(package_parent: Path) -> dict[str, Any]:
 
 
 def head_files(head: Any) -> set[str]:
-    """Every path in the service user's home and in /tmp, except Ray's own session folder (/tmp/ray:
-    the running cluster's logs and caches, which the benchmark does not own)."""
-    res = head.run(f"find {HOME} /tmp -xdev -path /tmp/ray -prune -o -print")
+    """Every path in the service user's home and in /tmp, except the node's Ray session folder (the
+    running cluster's logs and caches, which the benchmark does not own)."""
+    res = head.run(f"find {HOME} /tmp -xdev -path {RAY_TMP} -prune -o -print")
     assert res.rc == 0, res.stderr
     return set(res.stdout.split())
 
@@ -91,7 +93,7 @@ def head_files(head: Any) -> set[str]:
 
 def test_smoke_benchmark_report_and_cleanup(host) -> None:  # type: ignore[no-untyped-def]
     before = head_files(host)
-    ray_before = int(host.run("find /tmp/ray -xdev | wc -l").stdout.strip() or 0)
+    ray_before = int(host.run(f"find {RAY_TMP} -xdev | wc -l").stdout.strip() or 0)
     with tempfile.TemporaryDirectory(prefix="bt-bench-") as out:
         res, took = playbook("playbooks/benchmark.yml", "-e", "bench_size=smoke", "-e", f"bench_results_dir={out}")
         assert res.returncode == 0, tail(res)
@@ -104,7 +106,7 @@ def test_smoke_benchmark_report_and_cleanup(host) -> None:  # type: ignore[no-un
         png = (run / "report.png").read_bytes()
         local = fingerprint(REPO / "workload")
     after = head_files(host)
-    ray_after = int(host.run("find /tmp/ray -xdev | wc -l").stdout.strip() or 0)
+    ray_after = int(host.run(f"find {RAY_TMP} -xdev | wc -l").stdout.strip() or 0)
     print(f"\nsmoke benchmark: playbook {took:.1f} s; serial {report['serial_wall_s']:.2f} s, cluster "
           f"{report['cluster_wall_s']:.2f} s, speedup {report['speedup']:.2f}x on {report['cpus_used']:g} CPUs, "
           f"efficiency {report['efficiency'] * 100:.0f} %, Ray overhead {report['ray_overhead_s']:.2f} s")

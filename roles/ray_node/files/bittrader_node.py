@@ -3,8 +3,10 @@
     bittrader-node run --config node.json [--loop]
     bittrader-node status --config node.json
 
-`run` stops stale Ray processes of this user (`ray stop --force`), starts `ray start --block` with the
-flags in node.json, copies Ray's output to the node's log files (rotated) and to its own stdout/stderr
+`run` ends the stale Ray processes of this node (never `ray stop`, which ends every Ray process of the
+account, the owner's own notebook included where Ray runs as the owner), starts `ray start --block`
+with the flags in node.json (its own --temp-dir, so a plain `ray.init()` on the machine does not find
+the node), copies Ray's output to the node's log files (rotated) and to its own stdout/stderr
 (journald under systemd), and exits when Ray exits. The service manager (systemd Restart=always,
 launchd KeepAlive) starts it again; `--loop` restarts in-process for managers without that (Windows
 scheduled tasks). Quick successive failures back off from restart_delay_s to restart_max_delay_s.
@@ -17,13 +19,16 @@ never passes through this program's arguments or logs. Standard library only.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import logging.handlers
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,6 +43,11 @@ KILL_AFTER_S = 20.0
 # exits cleanly (after a drain, or when the GCS marked it dead) leaves it blocking for ever. The
 # supervisor watches these processes itself and restarts Ray when one has gone.
 CRITICAL = {"head": ("gcs_server", "raylet"), "worker": ("raylet",)}
+# Set in the environment of `ray start` and so of every process of the node; its value is the node's
+# Ray temp folder. The supervisor ends stale processes by it instead of `ray stop --force`.
+NODE_ENV = "BITTRADER_RAY_NODE"
+# Seconds a stale process of the node gets after SIGTERM before it is killed.
+STOP_GRACE_S = 10.0
 
 
 def hold_path(config: dict[str, Any]) -> Path:
@@ -62,7 +72,8 @@ def wait_while_held(path: Path, poll_s: float = 2.0) -> bool:
 def load_config(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
         config: dict[str, Any] = json.load(handle)
-    missing = [k for k in ("ray", "start_args", "env", "log_file", "error_log_file", "state_file") if k not in config]
+    keys = ("ray", "start_args", "env", "log_file", "error_log_file", "state_file", "temp_dir")
+    missing = [k for k in keys if k not in config]
     if missing:
         raise ValueError(f"{path}: missing keys {', '.join(missing)}")
     return config
@@ -84,6 +95,9 @@ def desired_num_cpus(config: dict[str, Any]) -> int | None:
 
 def start_command(config: dict[str, Any]) -> list[str]:
     args = [str(config["ray"]), *[str(a) for a in config["start_args"]]]
+    # The node's own temp/session folder: Ray's default (/tmp/ray) is where a plain `ray.init()` of the
+    # same machine looks for a running cluster (its ray_current_cluster file).
+    args.append(f"--temp-dir={config['temp_dir']}")
     cpus = desired_num_cpus(config)
     if cpus is not None:
         args.append(f"--num-cpus={cpus}")
@@ -251,21 +265,134 @@ def watch(child: subprocess.Popen[str], names: tuple[str, ...], stopping: thread
 def ray_env(config: dict[str, Any]) -> dict[str, str]:
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in config["env"].items()})
+    env[NODE_ENV] = node_marker(config)  # inherited by every process of the node: see node_processes
     # Job entrypoints (`ray job submit -- python ...`) and Ray's workers find the venv's Python first.
     bin_dir = str(Path(str(config["ray"])).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
     return env
 
 
-def stop_stale(config: dict[str, Any], env: dict[str, str], log: logging.Logger | None) -> None:
-    """`ray stop --force`: agents and monitors of a dead raylet may linger and hold the ports."""
+def node_marker(config: dict[str, Any]) -> str:
+    """The value of NODE_ENV in every process of this node: its Ray temp folder (one per node)."""
+    return os.path.normcase(os.path.abspath(str(config["temp_dir"])))
+
+
+def is_node_process(environ: dict[str, str] | None, cmdline: list[str], marker: str) -> bool:
+    """A process of this node: it inherited NODE_ENV from the supervisor (Ray's workers rename their
+    command line to `ray::...`, their environment stays), or its command line names the node's temp
+    folder (--temp-dir, --session-dir, --log-dir) when the environment cannot be read."""
+    if environ is not None and environ.get(NODE_ENV) is not None:
+        return os.path.normcase(environ[NODE_ENV]) == marker
+    for arg in map(os.path.normcase, cmdline):
+        if arg == marker or arg.endswith("=" + marker) or marker + os.sep in arg:
+            return True
+    return False
+
+
+def node_processes(config: dict[str, Any], psutil_mod: Any = None) -> list[Any]:
+    """Every live process of this node (this account's, see is_node_process), except this supervisor."""
+    if psutil_mod is None:
+        psutil_mod = importlib.import_module("psutil")
+    marker = node_marker(config)
+    me = psutil_mod.Process(os.getpid()).username()
+    found = []
+    for proc in psutil_mod.process_iter(["username"]):
+        try:
+            if proc.pid == os.getpid() or proc.info.get("username") != me:
+                continue
+            try:
+                environ = proc.environ()
+            except psutil_mod.AccessDenied:
+                environ = None
+            if is_node_process(environ, proc.cmdline(), marker):
+                found.append(proc)
+        except (psutil_mod.NoSuchProcess, psutil_mod.ZombieProcess, psutil_mod.AccessDenied):
+            continue
+    return found
+
+
+def remove_stale_sockets(config: dict[str, Any]) -> int:
+    """Delete the socket files left in the node's session folders once none of its processes runs:
+    Ray names a new socket plasma_store.1, .2, ... while an old one exists, and the longer name could
+    pass the AF_UNIX path limit (104 bytes on macOS) that the preflight checks against."""
+    removed = 0
+    for sock in Path(str(config["temp_dir"])).glob("session_*/sockets/*"):
+        try:
+            if stat.S_ISSOCK(sock.lstat().st_mode):
+                sock.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def default_ray_temp_dir(env: dict[str, str], platform: str = sys.platform) -> Path:
+    """Ray's default temp folder (ray._common.utils.get_default_ray_temp_dir, Ray 2.60): where a plain
+    `ray.init()` looks for the ray_current_cluster file of a running cluster."""
+    if env.get("RAY_TMPDIR"):
+        return Path(env["RAY_TMPDIR"]) / "ray"
+    if platform.startswith("linux") and env.get("TMPDIR"):
+        return Path(env["TMPDIR"]) / "ray"
+    if platform.startswith(("darwin", "linux")):
+        return Path("/tmp/ray")
+    return Path(tempfile.gettempdir()) / "ray"
+
+
+def cluster_addresses(config: dict[str, Any]) -> set[str]:
+    """The GCS addresses a `ray start` of this node writes into ray_current_cluster: the head's
+    --address on a worker, --node-ip-address:--port on the head."""
+    flags = {}
+    for arg in map(str, config["start_args"]):
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg.split("=", 1)
+            flags[key] = value
+    found = {flags["--address"]} if "--address" in flags else set()
+    if "--head" in map(str, config["start_args"]) and "--node-ip-address" in flags:
+        found.add(f"{flags['--node-ip-address']}:{flags.get('--port', '6379')}")
+    return found
+
+
+def forget_default_address(config: dict[str, Any], env: dict[str, str], platform: str = sys.platform) -> bool:
+    """Remove a ray_current_cluster left in Ray's default temp folder by this node before it had its own
+    (or by anyone pointing it at this cluster): it makes a plain `ray.init()` of the account attach to
+    the cluster. Another address there (the owner's own `ray start`) is left alone. True when removed."""
+    path = default_ray_temp_dir(env, platform) / "ray_current_cluster"
     try:
-        done = subprocess.run(
-            [str(config["ray"]), "stop", "--force"], env=env, capture_output=True, text=True, timeout=120
-        )
-        message = f"ray stop --force: exit {done.returncode}"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        message = f"ray stop --force failed: {exc}"
+        if path.read_text(encoding="utf-8").strip() not in cluster_addresses(config):
+            return False
+        path.unlink()
+    except OSError:
+        return False
+    print(f"bittrader-node: removed {path}: a plain ray.init() here must not attach to the cluster", flush=True)
+    return True
+
+
+def stop_stale(config: dict[str, Any], log: logging.Logger | None, psutil_mod: Any = None,
+               grace_s: float = STOP_GRACE_S) -> None:
+    """End what is left of this node (agents and monitors of a dead raylet may linger and hold the
+    ports): SIGTERM, then SIGKILL after grace_s. Only the node's own processes: another Ray of the same
+    account (the owner's notebook, a second `ray start`) is not touched."""
+    try:
+        if psutil_mod is None:
+            psutil_mod = importlib.import_module("psutil")
+        procs = node_processes(config, psutil_mod)
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil_mod.Error:
+                continue
+        _, alive = psutil_mod.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil_mod.Error:
+                continue
+        psutil_mod.wait_procs(alive, timeout=grace_s)
+        sockets = remove_stale_sockets(config) if not node_processes(config, psutil_mod) else 0
+        message = (f"ended {len(procs)} stale process(es) of this node ({len(alive)} killed), "
+                   f"removed {sockets} stale socket(s)")
+    except ImportError:
+        message = "cannot look for stale processes of this node: psutil is missing from its venv"
     print(f"bittrader-node: {message}", flush=True)
     if log is not None:
         log.info("bittrader-node: %s", message)
@@ -293,7 +420,8 @@ def run_once(config: dict[str, Any]) -> int:
             err_log.info(message)
         write_state(state_path, record_exit(state, time.time(), time.time(), EX_CONFIG))
         return EX_CONFIG
-    stop_stale(config, env, out_log)
+    stop_stale(config, out_log)
+    forget_default_address(config, env)
     command = start_command(config)
     print("bittrader-node: " + " ".join(command), flush=True)
     if out_log is not None:
@@ -331,7 +459,7 @@ def run_once(config: dict[str, Any]) -> int:
     print(message, flush=True)
     if out_log is not None:
         out_log.info(message)
-    stop_stale(config, env, out_log)
+    stop_stale(config, out_log)
     if stopping.is_set():
         write_state(state_path, record_exit(state, started, ended, 0))
         return 0
