@@ -287,7 +287,7 @@ def test_inventory_problems_see_the_heads_forged_token_in_a_limited_run() -> Non
         ({**LINUX, "distribution_version": "10.13"}, "Debian 10.13 is older than the supported Debian 11"),
         ({**LINUX, "distribution": "Ubuntu", "distribution_version": "20.04"}, "older than the supported Ubuntu 22.4"),
         ({**LINUX, "distribution": "Slackware", "distribution_version": "15.0"}, "not a supported Linux distribution"),
-        ({**WINDOWS, "distribution": "Microsoft Windows Server 2019 Datacenter"}, "is not Windows 10, 11 or Server 2022"),
+        ({**WINDOWS, "distribution": "Microsoft Windows Server 2019 Datacenter"}, "not Windows 10, 11 or Server 2022"),
         ({**WINDOWS, "distribution": "Microsoft Windows 8.1 Pro"}, "is not Windows 10, 11 or Server 2022"),
         ({**WINDOWS, "powershell_version": 4}, "Windows PowerShell 4 is older than 5.1"),
         ({**LINUX, "memtotal_mb": 1024}, "this host has 1024 MiB of memory, less than bittrader_min_memory_mb"),
