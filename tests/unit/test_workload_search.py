@@ -71,8 +71,9 @@ def test_concurrency_refuses_zero() -> None:
 
 
 def test_the_budget_is_rounds_per_concurrent_trial_within_the_space() -> None:
-    assert search.trial_budget(2) == 2 * search.DEFAULT_ROUNDS
-    assert search.trial_budget(4, rounds=5) == 20
+    assert search.trial_budget(2) == search.DEFAULT_MIN_TRIALS == 64  # a small cluster: the floor
+    assert search.trial_budget(8) == 8 * search.DEFAULT_ROUNDS == 96
+    assert search.trial_budget(4, rounds=5, floor=1) == 20
     assert search.trial_budget(100) == MAX_PARAMS  # never more than the space holds
     assert search.trial_budget(2, requested=7) == 7
     for bad in (0, MAX_PARAMS + 1):
