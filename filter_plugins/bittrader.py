@@ -362,6 +362,55 @@ def ray_version_problem(version: object) -> str:
     return ""
 
 
+# Ray's optional extras (pip's ray[EXTRA]) these roles may install on every node. "default" (the dashboard
+# and the job API every playbook submits to) is required; "tune" brings Ray Tune's own dependencies
+# (fsspec, pandas, pyarrow, tensorboardX), without which a Tune run fails on the workers.
+RAY_EXTRAS = ("default", "tune", "data", "train", "serve", "client")
+_REQUIRED_RAY_EXTRAS = ("default",)
+
+
+def ray_extras_problem(extras: object) -> str:
+    """Why bittrader_ray_extras cannot be the extras of every node's Ray, or ""."""
+    if not isinstance(extras, list | tuple) or not all(isinstance(e, str) for e in extras):
+        return (
+            f"bittrader_ray_extras must be a list of Ray's extras such as [default, tune], got {extras!r}"
+        )
+    names = [e.strip().lower() for e in extras]
+    unknown = sorted({n for n in names if n not in RAY_EXTRAS})
+    if unknown:
+        return (
+            f"bittrader_ray_extras has {', '.join(repr(n) for n in unknown)}, which these roles do not install: "
+            f"choose from {', '.join(RAY_EXTRAS)}"
+        )
+    missing = [n for n in _REQUIRED_RAY_EXTRAS if n not in names]
+    if missing:
+        return (
+            f"bittrader_ray_extras lacks {', '.join(missing)}: the head's dashboard and job API (every playbook's "
+            "jobs) need ray[default]; keep default in the list"
+        )
+    if len(set(names)) != len(names):
+        return f"bittrader_ray_extras lists an extra twice ({', '.join(names)}): name each once"
+    return ""
+
+
+def ray_requirement(version: object, extras: object = ("default",)) -> str:
+    """The pip requirement of every node's Ray: ray[EXTRA,...]==VERSION, the extras sorted (one spelling, so
+    the wheelhouse's key and the installed-state check see the same string on every node)."""
+    names = sorted({str(e).strip().lower() for e in extras or ()}) if isinstance(extras, list | tuple) else []
+    return f"ray[{','.join(names)}]=={str(version).strip()}" if names else f"ray=={str(version).strip()}"
+
+
+def optuna_version_problem(version: object) -> str:
+    """Why bittrader_optuna_version cannot be installed on every node, or "" (empty: Optuna not installed)."""
+    text = "" if version is None else str(version).strip()
+    if text and not re.fullmatch(r"\d+\.\d+\.\d+", text):
+        return (
+            f"bittrader_optuna_version '{text}' is not an exact release such as 5.0.0 (or empty for none): every "
+            "node installs the same Optuna"
+        )
+    return ""
+
+
 def cidr_problem(cidr: object, variable: str = "bittrader_cluster_cidr") -> str:
     """Why cidr cannot be the range allowed to reach Ray's ports, or ""."""
     text = str(cidr).strip()
@@ -643,6 +692,15 @@ def _pin_problems(s: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
                 f"{wheel} (bittrader_ray_version {ray}, bittrader_python_version {python}): pin a pair with a wheel "
                 "for every node"
             )
+    # Ray's extras and Optuna: checked only when given (callers that predate them pass neither).
+    if "ray_extras" in s:
+        extras_problem = ray_extras_problem(s.get("ray_extras"))
+        if extras_problem:
+            problems.append(extras_problem)
+    if "optuna_version" in s:
+        optuna_problem = optuna_version_problem(s.get("optuna_version"))
+        if optuna_problem:
+            problems.append(optuna_problem)
     head: Mapping[str, Any] = s.get("head") or {}
     if head and head.get("host") != s.get("host"):
         for key, what in (("ray_version", "Ray"), ("python_version", "Python")):
@@ -652,6 +710,25 @@ def _pin_problems(s: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
                     f"bittrader_{key} is {mine} here but {theirs} on the head {head.get('host')}: Ray refuses a "
                     f"node whose {what} release differs; set it once for the whole cluster "
                     "(group_vars/ray_cluster.yml), not per host"
+                )
+        # A Tune run's trials import Tune's dependencies and Optuna wherever they land: every node needs
+        # the head's extras and Optuna release, as it needs the head's Ray.
+        if "ray_extras" in s and "ray_extras" in head:
+            mine_req = ray_requirement("", s.get("ray_extras"))
+            theirs_req = ray_requirement("", head.get("ray_extras"))
+            if mine_req != theirs_req:
+                problems.append(
+                    f"bittrader_ray_extras is {mine_req.removesuffix('==')} here but {theirs_req.removesuffix('==')} "
+                    f"on the head {head.get('host')}: a job's tasks and trials run on any node, so every node needs "
+                    "the same extras; set bittrader_ray_extras once for the whole cluster (group_vars/ray_cluster.yml)"
+                )
+        if "optuna_version" in s and "optuna_version" in head:
+            mine, theirs = str(s.get("optuna_version") or "").strip(), str(head.get("optuna_version") or "").strip()
+            if mine != theirs:
+                problems.append(
+                    f"bittrader_optuna_version is {mine or 'empty (none)'} here but {theirs or 'empty (none)'} on "
+                    f"the head {head.get('host')}: a search's trials run on any node; set it once for the whole "
+                    "cluster (group_vars/ray_cluster.yml), not per host"
                 )
         ports, head_ports = s.get("ports") or {}, head.get("ports") or {}
         differ = sorted(k for k in set(ports) | set(head_ports) if str(ports.get(k)) != str(head_ports.get(k)))
@@ -668,11 +745,12 @@ def host_problems(settings: Mapping[str, Any], facts: Mapping[str, Any] | None =
     """Every problem of one host's cluster variables, checked against its facts and the head's pins.
 
     settings: host, groups (group_names), head_group, worker_groups, ray_version, python_version,
-    network_mode, cluster_cidr, node_ip, num_cpus, num_gpus, object_store_memory, ports, user,
-    firewall_admin_sources, extra_pip_packages,
-    psutil_version, numpy_version, throttle_enabled, throttle (policy: cpus_active, idle_threshold_s,
-    battery_policy, hysteresis_s, load_guard, activity_source, activity_file), head (host, ray_version,
-    python_version, ports: the head's values). facts: the host's ansible_facts (may be empty).
+    ray_extras and optuna_version (optional), network_mode, cluster_cidr, node_ip, num_cpus, num_gpus,
+    object_store_memory, ports, user, firewall_admin_sources, extra_pip_packages, psutil_version,
+    numpy_version, throttle_enabled, throttle (policy: cpus_active, idle_threshold_s, battery_policy,
+    hysteresis_s, load_guard, activity_source, activity_file), head (host, ray_version, python_version,
+    ports, and optionally ray_extras, optuna_version: the head's values). facts: the host's ansible_facts
+    (may be empty).
     Each message names the variable and what to set instead.
     """
     s, f = settings, facts or {}
@@ -691,7 +769,8 @@ def host_problems(settings: Mapping[str, Any], facts: Mapping[str, Any] | None =
             "starting with a digit or -): keep the default bittrader"
         )
     problems += admin_source_problems(s.get("firewall_admin_sources"))
-    pins = {"ray": s.get("ray_version"), "psutil": s.get("psutil_version"), "numpy": s.get("numpy_version")}
+    pins = {"ray": s.get("ray_version"), "psutil": s.get("psutil_version"), "numpy": s.get("numpy_version"),
+            "optuna": s.get("optuna_version")}
     problems += pip_problems(s.get("extra_pip_packages", []), {k: v for k, v in pins.items() if not _blank(v)})
     if s.get("throttle_enabled") in (True, "true", "True", "yes", 1):
         policy = dict(s.get("throttle") or {})
@@ -1234,6 +1313,8 @@ class FilterModule:
             "bittrader_port_problems": port_problems,
             "bittrader_host_problems": host_problems,
             "bittrader_ray_version_problem": ray_version_problem,
+            "bittrader_ray_requirement": ray_requirement,
+            "bittrader_ray_extras_problem": ray_extras_problem,
             "bittrader_cidr_problem": cidr_problem,
             "bittrader_duplicate_addresses": duplicate_addresses,
             "bittrader_busy_ports": busy_ports,

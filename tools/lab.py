@@ -9,6 +9,9 @@ podman containers on a network of their own. Verbs:
     verify     print the cluster table
     smoke      run the first test optimization
     benchmark  run the reference benchmark
+    optimize   the Ray Tune + Optuna search of the reference strategy (playbooks/optimize.yml);
+               `./lab optimize -e optimize_candles=20000 -e optimize_trials=12` for a small one;
+               writes results/optimize-TIMESTAMP/ (table, plot)
     timings    provisioning timings: cold converge (fresh containers), idempotent re-run, a worker
                removed, recreated and added with --limit, then a cold converge without the
                wheelhouse (the nodes install from the package index); writes results/provisioning.json
@@ -721,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "verb",
-        choices=["image", "up", "converge", "verify", "smoke", "benchmark", "timings", "profile", "ceiling", "down"],
+        choices=["image", "up", "converge", "verify", "smoke", "benchmark", "optimize", "timings", "profile", "ceiling",
+                 "down"],
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the image even if cached")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments")
@@ -743,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         playbook("playbooks/smoke_test.yml", *args.extra)
     elif args.verb == "benchmark":
         playbook("playbooks/benchmark.yml", *args.extra)
+    elif args.verb == "optimize":
+        playbook("playbooks/optimize.yml", *args.extra)
     elif args.verb == "timings":
         build_image(force=args.rebuild)
         timings(lab, REPO / "inventory" / "lab", REPO / "results" / "provisioning.json")

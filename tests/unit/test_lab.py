@@ -381,3 +381,12 @@ def test_every_test_node_keeps_one_mac_address_made_from_its_ip() -> None:
     molecule = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())
     for platform in molecule["platforms"]:
         assert render_value(template, {"item": platform}) == lab.mac_for(platform["ip"])
+
+
+def test_optimize_verb_runs_the_optimize_playbook_with_the_extra_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(lab, "playbook", lambda path, *extra: calls.append((path, *extra)))
+    assert lab.main(["optimize", "-e", "optimize_trials=12"]) == 0
+    assert calls == [("playbooks/optimize.yml", "-e", "optimize_trials=12")]
+    script = (REPO / "lab").read_text(encoding="utf-8")
+    assert "|optimize|" in script  # ./lab passes the verb on to tools/lab.py

@@ -46,6 +46,8 @@ def settings(host: str = "w1", groups: tuple[str, ...] = ("workers_linux",), **v
         "worker_groups": v["bittrader_worker_groups"],
         "ray_version": v["bittrader_ray_version"],
         "python_version": v["bittrader_python_version"],
+        "ray_extras": v["bittrader_ray_extras"],
+        "optuna_version": v["bittrader_optuna_version"],
         "psutil_version": v["bittrader_psutil_version"],
         "numpy_version": v["bittrader_numpy_version"],
         "extra_pip_packages": v["bittrader_extra_pip_packages"],
@@ -65,6 +67,8 @@ def settings(host: str = "w1", groups: tuple[str, ...] = ("workers_linux",), **v
             "ray_version": DEFAULTS["bittrader_ray_version"],
             "python_version": DEFAULTS["bittrader_python_version"],
             "ports": DEFAULTS["bittrader_ports"],
+            "ray_extras": DEFAULTS["bittrader_ray_extras"],
+            "optuna_version": DEFAULTS["bittrader_optuna_version"],
         }),
     }
 
@@ -100,7 +104,8 @@ def test_the_shipped_inventories_pass(inventory: str) -> None:
         values = {k.removeprefix("bittrader_"): v for k, v in hv.items() if k.startswith("bittrader_")}
         values["head"] = {"host": head, "ray_version": head_vars["bittrader_ray_version"],
                           "python_version": head_vars["bittrader_python_version"],
-                          "ports": head_vars["bittrader_ports"]}
+                          "ports": head_vars["bittrader_ports"], "ray_extras": head_vars["bittrader_ray_extras"],
+                          "optuna_version": head_vars["bittrader_optuna_version"]}
         found = f.host_problems(settings(host.name, tuple(hv["group_names"]), **values), FACTS[system])
         assert found == [], (host.name, found)
 
@@ -141,6 +146,15 @@ def test_the_shipped_inventories_pass(inventory: str) -> None:
         ({"extra_pip_packages": ["pandas>=2"]}, "is not pinned"),
         ({"extra_pip_packages": ["ray==2.59.0"]}, "contradicts bittrader_ray_version (2.60.0)"),
         ({"extra_pip_packages": "pandas==2.3.3"}, "must be a list"),
+        ({"extra_pip_packages": ["optuna==4.5.0"]}, "contradicts bittrader_optuna_version (5.0.0)"),
+        ({"ray_extras": "tune"}, "bittrader_ray_extras must be a list"),
+        ({"ray_extras": ["default", "tunes"]}, "'tunes', which these roles do not install: choose from default, tune"),
+        ({"ray_extras": ["tune"]}, "lacks default: the head's dashboard and job API"),
+        ({"ray_extras": ["default", "tune", "Tune"]}, "lists an extra twice"),
+        ({"ray_extras": ["default"]}, "is ray[default] here but ray[default,tune] on the head head"),
+        ({"optuna_version": "5.0"}, "bittrader_optuna_version '5.0' is not an exact release"),
+        ({"optuna_version": "4.5.0"}, "bittrader_optuna_version is 4.5.0 here but 5.0.0 on the head head"),
+        ({"optuna_version": ""}, "is empty (none) here but 5.0.0 on the head head"),
         ({"ports": {**DEFAULTS["bittrader_ports"], "gcs": 70000}}, "outside 1024-65535"),
         ({"ports": {**DEFAULTS["bittrader_ports"], "gcs": 70000}}, "differ from the head head's (gcs 70000 here"),
         ({"ray_version": "2.59.0"}, "is 2.59.0 here but 2.60.0 on the head head"),
@@ -157,6 +171,28 @@ def test_each_bad_value_is_named_with_its_fix(change: dict[str, Any], fragment: 
     groups = kw.pop("groups", ("workers_linux",))
     found = problems(groups=groups, **kw)
     assert any(fragment in p for p in found), found
+
+
+def test_ray_requirement_spells_the_extras_one_way() -> None:
+    assert f.ray_requirement("2.60.0", ["tune", "default"]) == "ray[default,tune]==2.60.0"
+    assert f.ray_requirement("2.60.0", ["default", "Tune", "tune"]) == "ray[default,tune]==2.60.0"
+    assert f.ray_requirement("2.60.0", []) == "ray==2.60.0"
+    assert f.ray_requirement(" 2.60.0 ", ("default",)) == "ray[default]==2.60.0"
+
+
+def test_extras_and_optuna_are_the_cluster_wide_defaults() -> None:
+    """Tune and Optuna on every node by default; a cluster may leave them out, consistently."""
+    assert DEFAULTS["bittrader_ray_extras"] == ["default", "tune"]
+    assert f.ray_extras_problem(DEFAULTS["bittrader_ray_extras"]) == ""
+    assert f.optuna_version_problem(DEFAULTS["bittrader_optuna_version"]) == ""
+    head = {"host": "head", "ray_version": DEFAULTS["bittrader_ray_version"],
+            "python_version": DEFAULTS["bittrader_python_version"], "ports": DEFAULTS["bittrader_ports"],
+            "ray_extras": ["default"], "optuna_version": ""}
+    assert problems(ray_extras=["default"], optuna_version="", head=head) == []
+    # A caller that predates the extras passes neither: nothing to compare.
+    s = settings()
+    del s["ray_extras"], s["optuna_version"]
+    assert f.host_problems(s, FACTS["Linux"]) == []
 
 
 def test_a_head_may_give_ray_no_cpu_and_lives_on_linux_or_macos() -> None:
@@ -230,7 +266,8 @@ def test_busy_ports_skip_rays_own_and_the_other_roles_ports() -> None:
 def test_filters_are_exported() -> None:
     names = f.FilterModule().filters()
     for name in ("bittrader_host_problems", "bittrader_ray_version_problem", "bittrader_cidr_problem",
-                 "bittrader_duplicate_addresses", "bittrader_busy_ports"):
+                 "bittrader_duplicate_addresses", "bittrader_busy_ports", "bittrader_ray_requirement",
+                 "bittrader_ray_extras_problem"):
         assert name in names
 
 

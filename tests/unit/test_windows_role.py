@@ -873,11 +873,13 @@ def test_pip_installs_the_same_pins_as_the_linux_nodes(hv: dict[str, Any]) -> No
     plan_argv = task_args(plan, "ansible.windows.win_command", scope)["argv"]
     install_argv = task_args(install, "ansible.windows.win_command", scope)["argv"]
     pins = [
-        f"ray[default]=={hv['bittrader_ray_version']}",
+        f"ray[{','.join(sorted(hv['bittrader_ray_extras']))}]=={hv['bittrader_ray_version']}",
         f"psutil=={hv['bittrader_psutil_version']}",
         f"numpy=={hv['bittrader_numpy_version']}",
+        f"optuna=={hv['bittrader_optuna_version']}",
         "pandas==2.3.3",
     ]
+    assert pins[0] == "ray[default,tune]==2.60.0"
     assert install_argv == [
         hv["bittrader_venv_python"],
         "-m",
@@ -893,10 +895,10 @@ def test_pip_installs_the_same_pins_as_the_linux_nodes(hv: dict[str, Any]) -> No
     ]
     assert plan_argv[:5] == install_argv[:5]
     assert {"--dry-run", "--report", "-"} <= set(plan_argv)
-    assert plan_argv[-4:] == pins
+    assert plan_argv[-len(pins):] == pins
     # The Linux and macOS nodes' pins (ray_node's requirements.yml, used by venv.yml and the upgrade).
     linux = (REPO / "roles" / "ray_node" / "tasks" / "requirements.yml").read_text(encoding="utf-8")
-    for package in ("ray[default]==", "psutil==", "numpy=="):
+    for package in ("bittrader_ray_requirement(bittrader_ray_extras)", "'psutil=='", "'numpy=='", "'optuna=='"):
         assert package in linux
     pending = template_data(
         install["vars"]["worker_windows__pip_pending"],

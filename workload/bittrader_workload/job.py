@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -285,7 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", type=_positive_int, default=DEFAULT_PARAMS, help=f"parameter sets, 1..{MAX_PARAMS} (80)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic candles (0)")
-    parser.add_argument("--mode", choices=("cluster", "serial"), default="cluster", help="cluster (Ray) or serial")
+    parser.add_argument(
+        "--mode",
+        choices=("cluster", "serial", "search"),
+        default="cluster",
+        help="cluster (Ray), serial, or search (Ray Tune + Optuna; its options: --mode search --help)",
+    )
     parser.add_argument("--address", default="auto", help='Ray address for ray.init ("auto")')
     parser.add_argument("--results", type=Path, default=None, help="JSON-lines results file (appended; resumable)")
     parser.add_argument("--summary", type=Path, default=None, help="final summary JSON file")
@@ -496,7 +502,19 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def search_requested(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for the search mode (``--mode search``: bittrader_workload.search)."""
+    args = list(argv)
+    return "--mode=search" in args or any(pair == ("--mode", "search") for pair in itertools.pairwise(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if search_requested(argv):
+        # Ray Tune + Optuna (ray[tune], optuna on the nodes); imported only for this mode.
+        from bittrader_workload.search import main as search_main
+
+        return search_main(argv)
     args = build_parser().parse_args(argv)
     every_node = args.every_node or args.expect_nodes is not None
     if args.params > MAX_PARAMS:

@@ -299,12 +299,58 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_search_chart(summary: dict[str, Any], path: Path) -> None:
+    """The search's plot (bittrader_workload.search summary): each trial's Sharpe and the best so far
+    against the trials in the order they finished, and the trials each node ran."""
+    plot = summary["plot"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    ax1.scatter(plot["trial"], plot["sharpe"], s=14, color="#9db4d0", label="trial")
+    ax1.step(plot["trial"], plot["best_sharpe"], where="post", color="#1f4e79", linewidth=2, label="best so far")
+    resumed = int(summary.get("trials_resumed") or 0)
+    if 0 < resumed < len(plot["trial"]):
+        ax1.axvline(resumed + 0.5, color="#c0504d", linestyle="--", linewidth=1, label="resumed here")
+    ax1.set_xlabel("trials (in the order they finished)")
+    ax1.set_ylabel("Sharpe (annualized)")
+    best = summary.get("best") or {}
+    best_sharpe = (best.get("metrics") or {}).get("sharpe")
+    title = f"Optuna search: {summary.get('trials_done')}/{summary.get('trials_expected')} trials"
+    if best_sharpe is not None:
+        title += f", best Sharpe {float(best_sharpe):.3f}"
+    ax1.set_title(title)
+    ax1.legend(loc="lower right")
+    ax1.grid(alpha=0.3)
+    nodes = plot["trials_per_node"]
+    ax2.bar(list(nodes), list(nodes.values()), color="#1f4e79")
+    ax2.set_title("trials per node")
+    ax2.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def search_text(summary: dict[str, Any]) -> str:
+    """A short account of a search for the playbook's output."""
+    best = summary.get("best") or {}
+    params = ", ".join(f"{k}={v}" for k, v in sorted((best.get("params") or {}).items()))
+    nodes = ", ".join(f"{k} {v}" for k, v in summary["plot"]["trials_per_node"].items())
+    sharpe = (best.get("metrics") or {}).get("sharpe")
+    return "\n".join([
+        f"search: {summary.get('status')}, {summary.get('trials_done')}/{summary.get('trials_expected')} trials "
+        f"({summary.get('trials_run')} this run, {summary.get('trials_resumed')} resumed, "
+        f"{len(summary.get('repeated') or [])} repeated), concurrency {summary.get('concurrency')}",
+        f"best: sharpe {'-' if sharpe is None else format(float(sharpe), '.4f')} ({params})",
+        f"trials per node: {nodes}",
+    ])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bittrader_workload.report", description=(__doc__ or "").split("\n")[0]
     )
-    parser.add_argument("--serial", required=True, type=Path, help="summary JSON of the serial run")
-    parser.add_argument("--cluster", required=True, type=Path, help="summary JSON of the cluster run")
+    parser.add_argument("--search", type=Path, default=None,
+                        help="summary JSON of a search (--mode search): draw search.png into --out instead")
+    parser.add_argument("--serial", type=Path, default=None, help="summary JSON of the serial run")
+    parser.add_argument("--cluster", type=Path, default=None, help="summary JSON of the cluster run")
     parser.add_argument("--serial-results", type=Path, default=None, help="results JSON lines of the serial run")
     parser.add_argument("--cluster-results", type=Path, default=None, help="results JSON lines of the cluster run")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json, report.png)")
@@ -312,6 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--provisioning", type=Path, default=None, help="provisioning timings to include (tools/lab.py timings)"
     )
     args = parser.parse_args(argv)
+    if args.search is not None:
+        summary = load_json(args.search)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_search_chart(summary, args.out / "search.png")
+        print(search_text(summary))
+        return 0
+    if args.serial is None or args.cluster is None:
+        parser.error("--serial and --cluster are required (or --search)")
 
     serial_results = read_results(args.serial_results) if args.serial_results else None
     cluster_results = read_results(args.cluster_results) if args.cluster_results else None
