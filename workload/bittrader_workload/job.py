@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import numpy as np
 import ray
@@ -46,6 +46,7 @@ import bittrader_workload
 from bittrader_workload import THREAD_ENV_VARS, client
 from bittrader_workload.backtest import METRIC_NAMES, StrategyParams, evaluate
 from bittrader_workload.candles import DEFAULT_CANDLES, generate_candles, size_mib
+from bittrader_workload.cli import EXIT_USAGE, UsageParser, positive_int
 from bittrader_workload.grid import DEFAULT_PARAMS, MAX_PARAMS, ParamSet, make_grid
 
 RESULT_SCHEMA = "bittrader-workload-result/1"
@@ -55,7 +56,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_TOO_FEW_NODES = 2
 EXIT_RESULTS_MISMATCH = 3
-EXIT_USAGE = 64
 
 DEFAULT_MAX_RETRIES = 3
 SINGLE_THREAD_ENV: dict[str, str] = {name: "1" for name in THREAD_ENV_VARS}
@@ -261,29 +261,14 @@ class ResultsWriter:
 # --------------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on a bad command line; 2 means "too few nodes" here, so use 64 (EX_USAGE)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="python -m bittrader_workload.job",
         description="Bittrader reference workload: resumable parameter sweep of an SMA-crossover backtest.",
     )
-    parser.add_argument("--candles", type=_positive_int, default=DEFAULT_CANDLES, help="hourly candles (297000)")
+    parser.add_argument("--candles", type=positive_int, default=DEFAULT_CANDLES, help="hourly candles (297000)")
     parser.add_argument(
-        "--params", type=_positive_int, default=DEFAULT_PARAMS, help=f"parameter sets, 1..{MAX_PARAMS} (80)"
+        "--params", type=positive_int, default=DEFAULT_PARAMS, help=f"parameter sets, 1..{MAX_PARAMS} (80)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic candles (0)")
     parser.add_argument(

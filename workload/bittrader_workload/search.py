@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,6 +56,7 @@ from numpy.typing import NDArray
 import bittrader_workload
 from bittrader_workload.backtest import METRIC_NAMES, StrategyParams
 from bittrader_workload.candles import DEFAULT_CANDLES, generate_candles, size_mib
+from bittrader_workload.cli import EXIT_USAGE, UsageParser, positive_int
 from bittrader_workload.grid import FAST, LONG_SHORT, MAX_PARAMS, SLOW, VOL_QUANTILES, VOL_WINDOWS
 
 try:  # Ray Tune (ray[tune]) on the driver; the pure parts of this module work without it.
@@ -72,7 +73,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_TOO_FEW_NODES = 2
 EXIT_MISMATCH = 3
-EXIT_USAGE = 64
 
 SPACE: dict[str, tuple[Any, ...]] = {
     "fast": FAST,
@@ -461,31 +461,18 @@ class LedgerCallback(_TuneCallback):  # type: ignore[misc,valid-type]
 # --------------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="python -m bittrader_workload.job --mode search",
         description="Ray Tune + Optuna search of the reference strategy's parameters (resumable).",
     )
     parser.add_argument("--mode", choices=("search",), default="search", help=argparse.SUPPRESS)
-    parser.add_argument("--candles", type=_positive_int, default=DEFAULT_CANDLES, help="hourly candles (297000)")
+    parser.add_argument("--candles", type=positive_int, default=DEFAULT_CANDLES, help="hourly candles (297000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic candles (0)")
-    parser.add_argument("--trials", type=_positive_int, default=None,
+    parser.add_argument("--trials", type=positive_int, default=None,
                         help=f"trial budget, 1..{MAX_PARAMS} (default {DEFAULT_ROUNDS} per concurrent trial, at least "
                         f"{DEFAULT_MIN_TRIALS})")
-    parser.add_argument("--concurrency", type=_positive_int, default=None,
+    parser.add_argument("--concurrency", type=positive_int, default=None,
                         help="trials at once (default: the cluster's CPUs)")
     parser.add_argument("--search-seed", type=int, default=DEFAULT_SEARCH_SEED, help="Optuna sampler's seed (0)")
     parser.add_argument("--storage", type=Path, default=Path("~/bittrader-search"),
@@ -493,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="experiment name (default: from the run's settings)")
     parser.add_argument("--fresh", action="store_true", help="remove the experiment first instead of resuming it")
     parser.add_argument("--address", default="auto", help='Ray address for ray.init ("auto")')
-    parser.add_argument("--local-cpus", type=_positive_int, default=None,
+    parser.add_argument("--local-cpus", type=positive_int, default=None,
                         help="start a Ray of this many CPUs in this process instead of joining a cluster")
     parser.add_argument("--results", type=Path, default=None, help="copy of the ledger (JSON lines, every trial)")
     parser.add_argument("--summary", type=Path, default=None, help="summary JSON (table, plot data, resume)")
