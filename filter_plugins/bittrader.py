@@ -963,14 +963,16 @@ def connection_problems(hostvars: Mapping[str, Any], windows: bool) -> list[str]
 
 
 # Path-like settings: (variable, kind). Kinds: name (one folder name), home (absolute, or ~/ for the Ray
-# account's home), relative (inside another folder), absolute (a POSIX path on the node), winpath (a Windows
-# path on the node, not used by Ray: spaces allowed), winfolder (a Task Scheduler folder, \Name\),
-# command (a program name or absolute path).
+# account's home), relative (inside another folder), absolute (a POSIX path on the node), folder (relative
+# to the node's folder, or absolute; no spaces: Ray's own paths), winpath (a Windows path on the node, not
+# used by Ray: spaces allowed), winray (a Windows path Ray runs in: ASCII, no spaces), winfolder (a Task
+# Scheduler folder, \Name\), command (a program name or absolute path).
 PATH_SETTINGS: dict[str, str] = {
     "bittrader_head_dir_name": "name",
     "bittrader_worker_dir_name": "name",
     "bittrader_code_folder": "home",
     "bittrader_code_subdir": "relative",
+    "bittrader_ray_temp_dir": "folder",
     "bittrader_system_python": "absolute",
     "bittrader_throttle_activity_file": "absolute",
     "ray_node_user_shell": "absolute",
@@ -978,6 +980,7 @@ PATH_SETTINGS: dict[str, str] = {
     "ray_firewall_nft_file": "absolute",
     "tailscale_cli": "command",
     "worker_windows_wheelhouse": "winpath",
+    "worker_windows_base_dir": "winray",
     "worker_windows_tailscale_exe": "winpath",
     "worker_windows_task_path": "winfolder",
 }
@@ -992,7 +995,7 @@ def _path_problem(name: str, kind: str, value: object, windows: bool) -> str:
     if not isinstance(value, str):
         return f"{name} must be a string (a path), got {_type_name(value)} {value!r}"
     text = value
-    if kind in ("home", "relative", "absolute", "winpath") and text == "":
+    if kind in ("home", "relative", "absolute", "winpath", "winray") and text == "":
         return ""
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         return f"{name} {text!r} holds a control character (a line break, a tab): write the path on one line"
@@ -1009,20 +1012,25 @@ def _path_problem(name: str, kind: str, value: object, windows: bool) -> str:
         return ""
     if kind == "command" and "/" not in text:
         return "" if _NAME.fullmatch(text) else f"{name} '{text}' must be a program name or an absolute path"
-    posix = text.replace("\\", "/") if kind == "winpath" or windows else text
+    winkind = kind in ("winpath", "winray")
+    posix = text.replace("\\", "/") if winkind or windows else text
     if ".." in posix.split("/"):
         return f"{name} '{text}' climbs out of its folder with '..': write the path without '..'"
-    chars = _WINDOWS_PATH_CHARS if windows or kind == "winpath" else _POSIX_PATH_CHARS
+    chars = _WINDOWS_PATH_CHARS if windows or winkind else _POSIX_PATH_CHARS
     body = text[2:] if re.match(r"^[A-Za-z]:", text) else text
     if not chars.fullmatch(body):
         bad = sorted({ch for ch in body if not chars.fullmatch(ch)})
         return (
             f"{name} '{text}' holds {' '.join(repr(ch) for ch in bad)}, which a shell, a service file or "
-            f"{'Windows or Ray on Windows' if windows or kind == 'winpath' else 'Ray'} cannot take safely: "
+            f"{'Windows or Ray on Windows' if windows or winkind else 'Ray'} cannot take safely: "
             "use letters, digits, spaces and . _ - / only"
         )
-    if windows and kind != "winpath" and " " in text:
+    if ((windows and kind != "winpath") or kind == "winray") and " " in text:
         return f"{name} '{text}' has a space, which Ray cannot take on Windows: choose a path without spaces"
+    if kind == "folder" and " " in text:
+        return f"{name} '{text}' has a space, which Ray's own paths cannot take: choose a path without spaces"
+    if kind == "folder" and (text == "" or "~" in posix):
+        return f"{name} '{text}' must be a folder name inside the node's folder, or an absolute path (no ~)"
     if kind == "relative":
         if posix.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", text):
             return f"{name} '{text}' must be a relative path inside its folder, not an absolute one"
@@ -1034,7 +1042,7 @@ def _path_problem(name: str, kind: str, value: object, windows: bool) -> str:
     elif kind == "absolute":
         if not posix.startswith("/") or "~" in posix:
             return f"{name} '{text}' must be an absolute path (starting with /)"
-    elif kind == "winpath":
+    elif winkind:
         if not re.match(r"^[A-Za-z]:/", posix):
             return f"{name} '{text}' must be an absolute Windows path such as C:\\wheels"
     return ""

@@ -67,6 +67,13 @@ def platform(hostvars: dict[str, Any], facts: dict[str, Any] | None = None) -> l
         ("worker_windows_task_path", "Bittrader", WINDOWS, "must be a Task Scheduler folder"),
         ("worker_windows_task_path", "\\..\\", WINDOWS, "must be a Task Scheduler folder"),
         ("tailscale_cli", "tailscale; id", LINUX, "must be a program name or an absolute path"),
+        ("bittrader_ray_temp_dir", "../../tmp/ray", LINUX, "climbs out"),
+        ("bittrader_ray_temp_dir", "my ray", MAC, "has a space, which Ray's own paths cannot take"),
+        ("bittrader_ray_temp_dir", "~/ray", LINUX, "no ~"),
+        ("bittrader_ray_temp_dir", "", LINUX, "must be a folder name inside the node's folder"),
+        ("worker_windows_base_dir", "C:\\Program Data\\Bittrader", WINDOWS, "has a space"),
+        ("worker_windows_base_dir", "C:\\Users\\José\\bt", WINDOWS, "'é'"),
+        ("worker_windows_base_dir", "ProgramData\\Bittrader", WINDOWS, "must be an absolute Windows path"),
     ],
 )
 def test_each_bad_path_is_named(name: str, value: object, facts: dict[str, Any], fragment: str) -> None:
@@ -88,6 +95,10 @@ def test_each_bad_path_is_named(name: str, value: object, facts: dict[str, Any],
         ("worker_windows_tailscale_exe", "C:\\Program Files\\Tailscale\\tailscale.exe", WINDOWS),
         ("worker_windows_task_path", "\\Bittrader\\", WINDOWS),
         ("tailscale_cli", "/Applications/Tailscale.app/Contents/MacOS/Tailscale", MAC),
+        ("bittrader_ray_temp_dir", "ray", MAC),
+        ("bittrader_ray_temp_dir", "/var/tmp/bt-head", MAC),
+        ("bittrader_ray_temp_dir", "C:\\bt\\ray", WINDOWS),
+        ("worker_windows_base_dir", "D:\\Bittrader", WINDOWS),
     ],
 )
 def test_good_paths_pass(name: str, value: object, facts: dict[str, Any]) -> None:
