@@ -86,6 +86,7 @@ def node_json(system: str, num_gpus: Any) -> dict[str, Any]:
         "bittrader_ray_bin": "/home/bittrader/.bittrader_worker/venv/bin/ray",
         "bittrader_run_dir": "/home/bittrader/.bittrader_worker/run",
         "bittrader_log_dir": "/home/bittrader/.bittrader_worker/logs",
+        "bittrader_ray_temp_path": "/home/bittrader/.bittrader_worker/ray",
         "ansible_facts": {"system": system}, "bittrader_num_gpus": num_gpus,
     }
     data: dict[str, Any] = json.loads(render("roles/ray_node/templates/node.json.j2", variables))
