@@ -356,6 +356,27 @@ def test_run_once_ends_stale_node_processes_and_spares_the_owners_ray(tmp_path: 
                 proc.wait()
 
 
+def test_the_stop_verb_ends_only_this_nodes_processes(tmp_path: Path) -> None:
+    """`bittrader-node stop` (the macOS uninstall's stop, which ran `ray stop --force` before) ends the
+    node's leftovers and leaves the owner's own Ray running."""
+    pytest.importorskip("psutil")
+    config = make_config(tmp_path, "exit3")
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(config))
+    lingering = _spawn(tmp_path, "agent", {node.NODE_ENV: node.node_marker(config)})
+    owners = _spawn(tmp_path, "owner", args=("--temp-dir=/tmp/ray",))
+    try:
+        assert node.main(["stop", "--config", str(path)]) == 0
+        assert _wait_dead(lingering), "the node's leftover survived bittrader-node stop"
+        assert owners.poll() is None, "bittrader-node stop ended a Ray that is not the node's"
+        assert not (tmp_path / "calls").exists() or "stop" not in (tmp_path / "calls").read_text().split()
+    finally:
+        for proc in (lingering, owners):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_every_process_of_the_node_inherits_the_marker(tmp_path: Path) -> None:
     config = make_config(tmp_path, "exit3")
     env = node.ray_env(config)

@@ -476,7 +476,8 @@ def status(config: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bittrader-node", description=__doc__.split("\n\n")[0])
-    parser.add_argument("verb", choices=["run", "status"])
+    parser.add_argument("verb", choices=["run", "status", "stop"],
+                        help="run the node; its status; stop: end only this node's processes (uninstall)")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--loop", action="store_true", help="restart Ray in-process after it exits")
     args = parser.parse_args(argv)
@@ -487,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     if args.verb == "status":
         return status(config)
+    if args.verb == "stop":
+        stop_stale(config, None)
+        return 0
     while True:
         code = run_once(config)
         if not args.loop or code == 0:
