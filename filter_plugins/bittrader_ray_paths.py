@@ -26,12 +26,24 @@ PID_DIGITS = {"Darwin": 5, "Linux": 7}
 SOCKET_NAME = {"head": "dash_TaskEventsHead", "worker": "plasma_store"}
 
 
-def ray_temp_path(temp_dir: str, base_dir: str, system: str = "Linux") -> str:
-    """The node's Ray temp folder: temp_dir as is when absolute, else inside base_dir."""
+# Where a relative temp folder goes when the node's folder is too deep for Ray's sockets (a Mac head
+# whose account name is longer than 7 characters): a short folder of the node's own in the same home.
+SHORT_TEMP_NAME = {"head": ".bt-head", "worker": ".bt-worker"}
+
+
+def ray_temp_path(temp_dir: str, base_dir: str, system: str = "Linux", role: str = "") -> str:
+    """The node's Ray temp folder: temp_dir as is when absolute, else inside base_dir; given the node's
+    role, a relative one whose sockets would not fit moves to the home's SHORT_TEMP_NAME (base_dir's
+    parent), so the default works for long account names. An absolute one is the user's choice: the
+    socket check then says when it is too long."""
     module = ntpath if system == "Win32NT" else posixpath
     if module.isabs(temp_dir):
         return module.normpath(temp_dir)
-    return module.normpath(module.join(base_dir, temp_dir))
+    path = module.normpath(module.join(base_dir, temp_dir))
+    if role and ray_socket_problem(path, system, role=role):
+        name = SHORT_TEMP_NAME["head" if role == "head" else "worker"]
+        return module.normpath(module.join(module.dirname(module.normpath(base_dir)), name))
+    return path
 
 
 def ray_socket_path_max(temp_path: str, role: str = "worker", system: str = "Linux") -> int:

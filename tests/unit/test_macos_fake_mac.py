@@ -267,8 +267,11 @@ def test_uninstall_removes_everything(mac: dict[str, Any]) -> None:
     (local_bin / "python3.12").symlink_to(mac["base"] / "python" / "cpython-3.12.12-macos-aarch64-none" / "bin"
                                           / "python3.12")
     (local_bin / "python3.11").symlink_to("/usr/bin/python3")
+    ray_temp = mac["home"] / ".bt-worker"  # the node's own Ray folder outside its base folder
+    (ray_temp / "session_2026-12-07_10-00-00_000000_1").mkdir(parents=True, exist_ok=True)
     calls_before = len(state(mac, "launchd")["calls"])
     play(mac, "uninstall.yml")
+    assert not ray_temp.exists()
     assert not (local_bin / "python3.12").is_symlink()
     assert (local_bin / "python3.11").is_symlink()
     assert not any(c[0] in ("bootstrap", "enable") for c in state(mac, "launchd")["calls"][calls_before:])

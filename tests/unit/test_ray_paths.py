@@ -23,6 +23,32 @@ def test_a_relative_temp_dir_lies_in_the_nodes_folder() -> None:
     assert rp.ray_temp_path("D:\\bt", "C:\\Users\\trader\\.bittrader_worker", "Win32NT") == "D:\\bt"
 
 
+@pytest.mark.parametrize(
+    ("base", "system", "role", "expected"),
+    [
+        # A Mac head whose owner's account name is longer than 7 characters: the default would not fit.
+        ("/Users/johnsmith/.bittrader_head", "Darwin", "head", "/Users/johnsmith/.bt-head"),
+        ("/Users/a-longer-name12/.bittrader_worker", "Darwin", "worker", "/Users/a-longer-name12/.bt-worker"),
+        # Where the default fits, it stays in the node's folder.
+        ("/Users/trader/.bittrader_head", "Darwin", "head", "/Users/trader/.bittrader_head/ray"),
+        ("/home/bittrader/.bittrader_head", "Linux", "head", "/home/bittrader/.bittrader_head/ray"),
+        ("C:\\ProgramData\\Bittrader", "Win32NT", "worker", "C:\\ProgramData\\Bittrader\\ray"),
+    ],
+)
+def test_a_default_too_deep_for_rays_sockets_moves_to_a_short_folder_of_the_home(
+    base: str, system: str, role: str, expected: str
+) -> None:
+    path = rp.ray_temp_path("ray", base, system, role)
+    assert path == expected
+    assert rp.ray_socket_problem(path, system, "mac1", role) == ""
+
+
+def test_an_absolute_temp_folder_is_the_users_choice_even_when_too_long() -> None:
+    long = "/Users/johnsmith/Library/Application Support/bittrader/ray"
+    assert rp.ray_temp_path(long, "/Users/johnsmith/.bittrader_head", "Darwin", "head") == long
+    assert rp.ray_socket_problem(long, "Darwin", "mac1", "head") != ""
+
+
 def test_the_longest_socket_path_is_measured_from_rays_own_names() -> None:
     """Seen on the lab (Ray 2.60): a worker's sockets are <temp>/session_<date>_<time>_<usec>_<pid>/
     sockets/plasma_store and raylet; the head's also dash_<module> per dashboard module, the longest
