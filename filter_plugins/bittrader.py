@@ -1251,11 +1251,29 @@ def platform_problems(
     )
 
 
+# The one passwordless rule the roles install themselves (ray_node's throttle-Linux.yml, from
+# module_utils/bittrader_throttle.py's sudoers_rule): setting the CPU quota of Ray's own unit, which gives
+# no root. A rule of `sudo -l`'s listing is refused unless every command in it is one of these.
+_THROTTLE_COMMAND = re.compile(
+    r"/\S*/systemctl set-property --runtime [A-Za-z0-9_.@-]+\.service CPUQuota\\=(?:\d+%)?"
+)
+
+
+def _throttle_rule(rule: str) -> bool:
+    """Whether a NOPASSWD rule of `sudo -l` lists only the throttle's CPU-quota commands."""
+    text = re.sub(r"^\([^)]*\)\s*", "", rule.strip())
+    text = re.sub(r"^(?:[A-Z_]+:\s*)+", "", text)
+    commands = [c.strip() for c in re.split(r"(?<!\\),", text)]
+    return bool(commands) and all(_THROTTLE_COMMAND.fullmatch(c) for c in commands)
+
+
 def probe_problems(found: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
     """What node_probe.py read about sudo rights and free disk space. s: user, min_free_disk_mb,
     object_store_memory, memtotal_mb, base_dir."""
     problems: list[str] = []
     rules = found.get("sudo_nopasswd", [])
+    if rules:
+        rules = [rule for rule in rules if not _throttle_rule(str(rule))]
     if rules is None and "sudo_nopasswd" in found:
         problems.append(
             f"could not read the sudo rights of bittrader_user {s.get('user')} (sudo -n -l -U failed): preflight "
