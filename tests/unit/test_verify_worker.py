@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,23 @@ def test_a_stopped_service_an_unreachable_head_and_a_refused_token_are_named(tmp
     assert f"the head's GCS port 127.0.0.1:{port} does not answer from here" in problems
     assert "auth_token is missing" in problems
     assert "the head refused this node's auth token" in problems and "InvalidAuthToken" in problems
+
+
+def test_a_refusal_from_before_the_current_start_is_history(tmp_path: Path, head: int) -> None:
+    """Seen on the Molecule cluster: a head restart makes each worker log "GCS returned an authentication
+    error" once; its supervisor then starts Ray again and the node is healthy. Only refusals logged since
+    the supervisor's last start count."""
+    old = "2026-12-07 11:07:17,955 [C 2887] (raylet) node_manager.cc:524: GCS returned an authentication error.\n"
+    config = node(tmp_path, head, log=old)
+    started = datetime(2026, 12, 7, 11, 14, 49).timestamp()
+    (tmp_path / "run/supervisor.json").write_text(json.dumps({"last_started": started, "quick_failures": 0}))
+    env = fakes(tmp_path)
+    rc, found = verify(config, env)
+    assert rc == 0 and found["auth_refused"] == [], found
+    new = "2026-12-07 11:15:02,001 [C 2990] (raylet) GCS returned an authentication error: InvalidAuthToken\n"
+    (tmp_path / "logs/worker_error.log").write_text(old + new)
+    rc, found = verify(config, env)
+    assert rc == 1 and found["auth_refused"] == [new.strip()], found
 
 
 def test_a_mac_job_that_is_not_running(tmp_path: Path, head: int) -> None:

@@ -18,6 +18,7 @@ import platform
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,27 @@ def tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
         return []
 
 
-def auth_refusals(lines: list[str]) -> list[str]:
-    return [line.strip() for line in lines if any(marker in line for marker in AUTH_ERRORS)]
+def logged_at(line: str) -> float | None:
+    """When the supervisor wrote a log line (its "%(asctime)s" prefix, local time); None without one."""
+    try:
+        return datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def auth_refusals(lines: list[str], since: float | None = None) -> list[str]:
+    """The refusals logged by the Ray the supervisor runs now: lines older than its last start are history
+    (a head restart makes each worker log "GCS returned an authentication error" once before the
+    supervisor starts it again; a rotation, the old token's refusals)."""
+    found = []
+    for line in lines:
+        if not any(marker in line for marker in AUTH_ERRORS):
+            continue
+        at = logged_at(line)
+        if since is not None and at is not None and at < since:
+            continue
+        found.append(line.strip())
+    return found
 
 
 def report(config: dict[str, Any], manager: str, service: str) -> dict[str, Any]:
@@ -119,7 +139,7 @@ def report(config: dict[str, Any], manager: str, service: str) -> dict[str, Any]
         "python_executable": sys.executable,
         "ray": ray_version(),
         "supervisor": supervisor,
-        "auth_refused": auth_refusals(logs)[-3:],
+        "auth_refused": auth_refusals(logs, supervisor.get("last_started"))[-3:],
     }
     problems = []
     if found["service_state"] != "running":
