@@ -17,7 +17,11 @@ oversubscribe the node's cores. Ray tasks set the same variables to 1 explicitly
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 THREAD_ENV_VARS: tuple[str, ...] = (
     "OMP_NUM_THREADS",
@@ -33,3 +37,22 @@ for _name in THREAD_ENV_VARS:
 __version__ = "1.0.0"
 
 __all__ = ["THREAD_ENV_VARS", "__version__"]
+
+
+def jsonl_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per complete line; blank lines and lines that are not
+    complete JSON (one cut by a crash) are skipped; nothing when the file does not exist."""
+    p = Path(path)
+    if not p.exists():
+        return
+    with p.open("r", encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                yield rec

@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import bittrader_workload
-from bittrader_workload import THREAD_ENV_VARS, client
+from bittrader_workload import THREAD_ENV_VARS, client, jsonl_records
 from bittrader_workload.backtest import METRIC_NAMES, StrategyParams, evaluate
 from bittrader_workload.candles import DEFAULT_CANDLES, generate_candles, size_mib
 from bittrader_workload.cli import EXIT_USAGE, UsageParser, positive_int
@@ -138,20 +138,9 @@ def read_results(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
     crash) are ignored.
     """
     records: dict[int, dict[str, Any]] = {}
-    p = Path(path)
-    if not p.exists():
-        return records
-    with p.open("r", encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("id"), int) and isinstance(rec.get("metrics"), dict):
-                records.setdefault(rec["id"], rec)
+    for rec in jsonl_records(path):
+        if isinstance(rec.get("id"), int) and isinstance(rec.get("metrics"), dict):
+            records.setdefault(rec["id"], rec)
     return records
 
 

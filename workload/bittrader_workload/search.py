@@ -156,22 +156,8 @@ def experiment_name(candles: int, seed: int, trials: int, search_seed: int) -> s
 def read_ledger(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The ledger's evaluation records in the order they were written; a missing file is empty, lines
     that are not complete records (one cut by a crash) are skipped."""
-    p = Path(path)
-    records: list[dict[str, Any]] = []
-    if not p.exists():
-        return records
-    with p.open("r", encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("trial_id"), str) and isinstance(rec.get("metrics"), dict):
-                records.append(rec)
-    return records
+    return [rec for rec in bittrader_workload.jsonl_records(path)
+            if isinstance(rec.get("trial_id"), str) and isinstance(rec.get("metrics"), dict)]
 
 
 @dataclass
