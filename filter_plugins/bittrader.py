@@ -782,7 +782,7 @@ def host_problems(settings: Mapping[str, Any], facts: Mapping[str, Any] | None =
 
 def busy_ports(listening: Iterable[Any], ports: Mapping[str, Any], role: str, user: str) -> list[str]:
     """Ray ports of a node of the role that another program listens on (listening: [port, user] pairs from
-    roles/bittrader/files/node_probe.py; Ray's own processes run as user and are not counted)."""
+    roles/cluster_facts/files/node_probe.py; Ray's own processes run as user and are not counted)."""
     names: dict[int, str] = {}
     for name, value in ports.items():
         if name in {"min_worker", "max_worker"} or (role != "head" and name in HEAD_ONLY_PORTS):
@@ -819,7 +819,7 @@ def busy_ports(listening: Iterable[Any], ports: Mapping[str, Any], role: str, us
 
 
 def preflight_problems(found: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
-    """What the read of a host (roles/bittrader/files/node_probe.py's JSON, found) says it cannot run.
+    """What the read of a host (roles/cluster_facts/files/node_probe.py's JSON, found) says it cannot run.
 
     s: python_source, python_version, system_python, system (ansible_facts.system), user, account (the
     user's passwd entry [password, uid, gid, gecos, home, shell], or None), object_store_memory, ports,

@@ -593,7 +593,7 @@ def profile(lab: Lab, seconds: float, out: Path) -> dict[str, object]:
     return report
 
 
-# The lab's service user and where each node keeps its venv (roles/bittrader defaults, lab inventory).
+# The lab's service user and where each node keeps its venv (roles/cluster_facts defaults, lab inventory).
 SERVICE_USER = "bittrader"
 CEILING_DIR = "/tmp/bt-ceiling"  # on each worker, removed afterwards
 

@@ -4,7 +4,7 @@ Each case runs the real entry point, `ansible-playbook site.yml` (with --limit w
 against three fresh containers (conftest.py) with a broken inventory or variables, and checks that
   - the run fails (non-zero exit);
   - it fails in the validation/preflight play: no task of any other role ran, no other play started,
-    the recap reports changed=0 and the failing task is one of roles/bittrader's checks;
+    the recap reports changed=0 and the failing task is one of roles/cluster_facts's checks;
   - every host the case breaks fails with a message that names the host (argument-spec messages are
     Ansible's own and name it in `fatal: [host]` only) and the fix (the case's fragments);
   - no host changed: each host's fingerprint (accounts, /etc, /home, /root, /opt, /usr/local, /var/lib,
@@ -67,8 +67,8 @@ DEFAULT_PORTS = {
 HOST_CPUS = os.cpu_count() or 2
 HOST_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 # The task files whose checks may reject bad input ("<unknown>": the role's argument spec).
-CHECKS = ("roles/bittrader/tasks/validate.yml", "roles/bittrader/tasks/node_ip.yml",
-          "roles/bittrader/tasks/preflight.yml", "playbooks/preflight.yml", "<unknown>")
+CHECKS = ("roles/cluster_facts/tasks/validate.yml", "roles/cluster_facts/tasks/node_ip.yml",
+          "roles/cluster_facts/tasks/preflight.yml", "playbooks/preflight.yml", "<unknown>")
 # Groups with the stand-in Windows worker (not a container) next to the two Linux workers.
 WITH_WINDOWS = {"ray_head": (HEAD,), "workers_linux": (WORKER1, WORKER2), "workers_macos": (),
                 "workers_windows": (WINDOWS_HOST,)}
@@ -522,7 +522,7 @@ def test_bad_input_is_rejected_before_any_host_changes(bad_input_hosts: Hosts, c
     assert run.rc != 0, f"{case.id} was accepted:\n{context}"
     expected_plays = [CONNECTION_PLAY] if case.stage == "connection" else [CONNECTION_PLAY, PREFLIGHT_PLAY]
     assert plays(run.output) == expected_plays, f"a play after preflight started:\n{context}"
-    assert role_tasks(run.output) in (["bittrader"], []), f"roles ran: {role_tasks(run.output)}\n{context}"
+    assert role_tasks(run.output) in (["cluster_facts"], []), f"roles ran: {role_tasks(run.output)}\n{context}"
     assert set(recap_changed(run.output).values()) <= {0}, f"a task reported a change:\n{context}"
     assert found, f"no failed task in the output:\n{context}"
     for origin in origins(run.output):

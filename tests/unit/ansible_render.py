@@ -62,6 +62,6 @@ def render(template: str | Path, variables: dict[str, Any]) -> str:
 
 def render_value(value: Any, variables: dict[str, Any]) -> Any:
     """Template one variable's value (a role default that may refer to other variables)."""
-    render("roles/bittrader/vars/main.yml", {})  # initialises the plugin loader once
+    render("roles/cluster_facts/vars/main.yml", {})  # initialises the plugin loader once
     loader = DataLoader()
     return Templar(loader=loader, variables=variables).template(_trusted(value))

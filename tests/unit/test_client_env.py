@@ -29,7 +29,7 @@ def head_env() -> dict[str, Any]:
     """head_client_env as roles/head/tasks/client_env.yml builds it, rendered for a head."""
     task = yaml.safe_load((REPO / "roles/head/tasks/client_env.yml").read_text())[0]
     facts = {
-        **role_defaults("bittrader"), "inventory_hostname": "head", "bittrader_user": "bittrader",
+        **role_defaults("cluster_facts"), "inventory_hostname": "head", "bittrader_user": "bittrader",
         "bittrader_base_dir": HEAD_BASE, "bittrader_head_address": "10.0.0.10:6379", "bittrader_head_ip": "10.0.0.10",
         "bittrader_token_file": f"{HEAD_BASE}/auth_token", "bittrader_venv_dir": f"{HEAD_BASE}/venv",
     }
@@ -159,7 +159,7 @@ def test_admin_sources_refused(sources: Any, words: str) -> None:
 def test_admin_sources_are_part_of_the_host_checks() -> None:
     settings = {"host": "head", "groups": ["ray_head"], "head_group": "ray_head", "worker_groups": [],
                 "ray_version": "2.60.0", "python_version": "3.12.12", "network_mode": "lan",
-                "cluster_cidr": "10.0.0.0/24", "ports": role_defaults("bittrader")["bittrader_ports"],
+                "cluster_cidr": "10.0.0.0/24", "ports": role_defaults("cluster_facts")["bittrader_ports"],
                 "user": "bittrader", "extra_pip_packages": [], "firewall_admin_sources": ["0.0.0.0/0"]}
     assert any(p.startswith("bittrader_firewall_admin_sources: 0.0.0.0/0") for p in host_problems(settings, {}))
     settings["firewall_admin_sources"] = ["10.0.0.99"]
@@ -167,6 +167,6 @@ def test_admin_sources_are_part_of_the_host_checks() -> None:
 
 
 def test_validate_passes_the_admin_sources() -> None:
-    text = (REPO / "roles/bittrader/tasks/validate.yml").read_text()
+    text = (REPO / "roles/cluster_facts/tasks/validate.yml").read_text()
     assert "'firewall_admin_sources': bittrader_firewall_admin_sources" in text
     assert os.path.exists(REPO / "playbooks/client.yml")

@@ -172,11 +172,11 @@ def test_module_fails_clearly_when_the_cluster_cannot_be_read(tmp_path: Path, mo
 
 
 def expected_nodes(hostvars: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """bittrader_expected_nodes (roles/bittrader/vars/main.yml) rendered by Ansible's templating."""
+    """bittrader_expected_nodes (roles/cluster_facts/vars/main.yml) rendered by Ansible's templating."""
     sys.path.insert(0, str(Path(__file__).parent))
     from ansible_render import render_value, role_defaults
 
-    value = role_defaults("bittrader")["bittrader_expected_nodes"]
+    value = role_defaults("cluster_facts")["bittrader_expected_nodes"]
     result = render_value(value, {"groups": {"ray_cluster": list(hostvars)}, "hostvars": hostvars})
     return list(result)
 

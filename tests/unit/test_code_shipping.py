@@ -25,7 +25,7 @@ import bittrader_cluster
 from bittrader_cluster import PROBE, code_info, code_label, code_problems, evaluate
 
 PTH_TEMPLATE = REPO / "roles" / "ray_node" / "templates" / "bittrader_code.pth.j2"
-CODE_PATHS = REPO / "roles" / "bittrader" / "tasks" / "code_paths.yml"
+CODE_PATHS = REPO / "roles" / "cluster_facts" / "tasks" / "code_paths.yml"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -35,8 +35,8 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 def code_facts(**overrides: Any) -> dict[str, Any]:
-    """bittrader_code_dir/path/pth as roles/bittrader/tasks/code_paths.yml sets them."""
-    variables = role_defaults("bittrader")
+    """bittrader_code_dir/path/pth as roles/cluster_facts/tasks/code_paths.yml sets them."""
+    variables = role_defaults("cluster_facts")
     variables.update(
         ansible_facts={"os_family": "Debian", "system": "Linux"},
         bittrader_home="/home/bittrader",
@@ -487,10 +487,10 @@ def test_job_ships_code_reads_the_runtime_env(monkeypatch: pytest.MonkeyPatch) -
 
 
 def code_settings_ok(host: str = "w1", **overrides: Any) -> bool:
-    tasks = yaml.safe_load((REPO / "roles" / "bittrader" / "tasks" / "validate.yml").read_text())
+    tasks = yaml.safe_load((REPO / "roles" / "cluster_facts" / "tasks" / "validate.yml").read_text())
     task = next(t for t in tasks if t["name"] == "Check how the strategy code reaches the workers")
     scope = {
-        **role_defaults("bittrader"),
+        **role_defaults("cluster_facts"),
         "inventory_hostname": host,
         "groups": {"workers_windows": ["gaming-pc"]},
         **overrides,
@@ -612,14 +612,14 @@ def test_every_os_runs_the_code_tasks_before_the_service_starts() -> None:
     ]
     assert windows.index("code.yml") < windows.index("node.yml") < windows.index("service.yml")
     paths = yaml.safe_load((REPO / "roles/worker_windows/tasks/paths.yml").read_text())
-    assert paths[-1]["ansible.builtin.include_role"] == {"name": "bittrader", "tasks_from": "code_paths.yml"}
+    assert paths[-1]["ansible.builtin.include_role"] == {"name": "cluster_facts", "tasks_from": "code_paths.yml"}
     posix = [
         t.get("ansible.builtin.include_tasks")
         for t in yaml.safe_load((REPO / "roles/ray_node/tasks/main.yml").read_text())
     ]
     assert posix.index("code.yml") > posix.index("venv.yml")
     assert (
-        yaml.safe_load((REPO / "roles/bittrader/tasks/paths.yml").read_text())[-1]["ansible.builtin.include_tasks"]
+        yaml.safe_load((REPO / "roles/cluster_facts/tasks/paths.yml").read_text())[-1]["ansible.builtin.include_tasks"]
         == "code_paths.yml"
     )
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 import bittrader as f
 from ansible_render import render, role_defaults
 
-PORTS = role_defaults("bittrader")["bittrader_ports"]
+PORTS = role_defaults("cluster_facts")["bittrader_ports"]
 
 
 def test_every_pinned_port_is_covered_once_by_role() -> None:
@@ -85,7 +85,7 @@ def test_ufw_stale_finds_only_our_outdated_rules() -> None:
 
 def _nft(role: str, action: str = "drop") -> str:
     variables = {
-        **role_defaults("bittrader", "ray_firewall"),
+        **role_defaults("cluster_facts", "ray_firewall"),
         "inventory_hostname": f"{role}-1",
         "bittrader_node_role": role,
         "ray_firewall_mode": "nodes",

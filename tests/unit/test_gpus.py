@@ -36,7 +36,7 @@ def settings(**over: Any) -> dict[str, Any]:
         "worker_groups": ["workers_linux", "workers_macos", "workers_windows"],
         "ray_version": "2.60.0", "python_version": "3.12.12", "network_mode": "lan",
         "cluster_cidr": "10.0.0.0/24", "node_ip": "", "num_cpus": "", "num_gpus": "",
-        "object_store_memory": "", "ports": role_defaults("bittrader")["bittrader_ports"], "user": "bittrader",
+        "object_store_memory": "", "ports": role_defaults("cluster_facts")["bittrader_ports"], "user": "bittrader",
         "extra_pip_packages": [], "firewall_admin_sources": [],
     }
     return {**base, **over}
@@ -79,7 +79,7 @@ def test_expected_gpus() -> None:
 
 def node_json(system: str, num_gpus: Any) -> dict[str, Any]:
     variables = {
-        **role_defaults("bittrader"),
+        **role_defaults("cluster_facts"),
         "inventory_hostname": "rig", "bittrader_node_role": "worker", "bittrader_advertise_ip": "10.0.0.11",
         "bittrader_head_address": "10.0.0.10:6379",
         "bittrader_token_file": "/home/bittrader/.bittrader_worker/auth_token",
@@ -170,7 +170,7 @@ def test_verify_renders_the_expected_gpus_and_the_table() -> None:
         "auto": {"bittrader_advertise_ip": "10.0.0.13", "bittrader_expected_cpus": 8,
                  "bittrader_expected_gpus": None},
     }
-    variables = {**role_defaults("bittrader"), "groups": {"ray_cluster": list(hostvars)}, "hostvars": hostvars}
+    variables = {**role_defaults("cluster_facts"), "groups": {"ray_cluster": list(hostvars)}, "hostvars": hostvars}
     expected = render_value(task["vars"]["verify__expected"], variables)
     assert [(e["name"], e["gpus"]) for e in expected] == [("head", 0), ("rig", 2), ("auto", None)]
 
@@ -193,7 +193,7 @@ def test_verify_renders_the_expected_gpus_and_the_table() -> None:
 def test_expected_nodes_carry_the_gpus() -> None:
     """bittrader_expected_nodes (health check, lifecycle playbooks): the resolved count, else the
     inventory's bittrader_num_gpus for a host this run did not read (0 on a Mac)."""
-    value = role_defaults("bittrader")["bittrader_expected_nodes"]
+    value = role_defaults("cluster_facts")["bittrader_expected_nodes"]
     hostvars: dict[str, dict[str, Any]] = {
         "head": {"ansible_host": "10.0.0.10", "bittrader_expected_cpus": 0, "bittrader_expected_gpus": 0},
         "rig": {"ansible_host": "10.0.0.11", "bittrader_num_gpus": 2},

@@ -156,7 +156,7 @@ def test_main_status_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFix
 def test_the_launchd_job_runs_the_check_on_an_interval_as_the_user() -> None:
     from ansible_render import render, role_defaults
 
-    variables = {**role_defaults("bittrader", "ray_node", "head"), "bittrader_user": "alice",
+    variables = {**role_defaults("cluster_facts", "ray_node", "head"), "bittrader_user": "alice",
                  "bittrader_home": "/Users/alice", "bittrader_base_dir": "/Users/alice/.bittrader_head",
                  "bittrader_log_dir": "/Users/alice/.bittrader_head/logs",
                  "bittrader_venv_python": "/Users/alice/.bittrader_head/venv/bin/python",

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "filter_plugins"))
 
 import bittrader as f  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("node_probe", REPO / "roles/bittrader/files/node_probe.py")
+_spec = importlib.util.spec_from_file_location("node_probe", REPO / "roles/cluster_facts/files/node_probe.py")
 assert _spec and _spec.loader
 probe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(probe)
@@ -385,7 +385,7 @@ def test_probe_problems_check_disk_space() -> None:
 
 
 def test_the_probe_runs_with_the_new_arguments(tmp_path: Path) -> None:
-    source = (REPO / "roles/bittrader/files/node_probe.py").read_text()
+    source = (REPO / "roles/cluster_facts/files/node_probe.py").read_text()
     res = subprocess.run([sys.executable, "-B", "-c", source, str(tmp_path / "venv/bin/python"), "no-such-user-bt",
                           str(tmp_path / "home/.bittrader_worker"), str(tmp_path)],
                          capture_output=True, text=True, check=True, timeout=60)

@@ -58,8 +58,8 @@ def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         shutil.copy(FAKE / name, root / name)
     group_vars = root / "group_vars" / "all"
     group_vars.mkdir(parents=True)
-    shutil.copy(REPO / "roles" / "bittrader" / "defaults" / "main.yml", group_vars / "bittrader_defaults.yml")
-    shutil.copy(REPO / "roles" / "bittrader" / "vars" / "main.yml", group_vars / "bittrader_vars.yml")
+    shutil.copy(REPO / "roles" / "cluster_facts" / "defaults" / "main.yml", group_vars / "bittrader_defaults.yml")
+    shutil.copy(REPO / "roles" / "cluster_facts" / "vars" / "main.yml", group_vars / "bittrader_vars.yml")
     home = root / "home" / USER
     (home / "Library").mkdir(parents=True)
     uid = pwd.getpwnam(USER).pw_uid
@@ -238,7 +238,7 @@ def test_a_synced_folder_is_read_as_the_service_account(mac: dict[str, Any]) -> 
     folder = mac["home"] / "Library" / "CloudStorage" / "Dropbox" / "strategy"
     (folder / "mystrategy").mkdir(parents=True)
     (folder / "mystrategy" / "__init__.py").write_text("MARKER = 1\n")
-    defaults = yaml.safe_load((REPO / "roles" / "bittrader" / "defaults" / "main.yml").read_text())
+    defaults = yaml.safe_load((REPO / "roles" / "cluster_facts" / "defaults" / "main.yml").read_text())
     minor = ".".join(str(defaults["bittrader_python_version"]).split(".")[:2])
     (mac["base"] / "venv" / "lib" / f"python{minor}" / "site-packages").mkdir(parents=True, exist_ok=True)
     code = {"bittrader_code_mode": "folder", "bittrader_code_folder": "~/Library/CloudStorage/Dropbox/strategy"}

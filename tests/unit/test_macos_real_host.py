@@ -244,7 +244,7 @@ def _clt_play(tmp_path: Path, uname: str, clt_installed: bool) -> subprocess.Com
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
     (tmp_path / "play.yml").write_text(yaml.safe_dump([{
         "name": "The first play of playbooks/preflight.yml", "hosts": "ray_cluster", "gather_facts": False,
-        "tasks": [{"name": "Check", "ansible.builtin.include_role": {"name": "bittrader",
+        "tasks": [{"name": "Check", "ansible.builtin.include_role": {"name": "cluster_facts",
                                                                     "tasks_from": "command_line_tools.yml"}},
                   {"name": "Reached", "ansible.builtin.debug": {"msg": "REACHED"}}]}]))
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ANSIBLE_ROLES_PATH=str(REPO / "roles"),

@@ -22,7 +22,7 @@ ALL_PLISTS = [NODE, THROTTLE, CAFFEINATE, NOTIFIER]
 
 def host_vars(role: str = "worker", user: str = "trader", home: str | None = None, **extra: Any) -> dict[str, Any]:
     """Role defaults plus the facts the bittrader role sets on a Mac (paths.yml, main.yml)."""
-    variables = role_defaults("bittrader", "ray_node", "worker_macos")
+    variables = role_defaults("cluster_facts", "ray_node", "worker_macos")
     home = home or f"/Users/{user}"
     base = f"{home}/{variables['bittrader_head_dir_name' if role == 'head' else 'bittrader_worker_dir_name']}"
     variables.update(

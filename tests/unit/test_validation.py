@@ -1,5 +1,5 @@
 """The checks validate.yml and preflight.yml run before any host changes (filter_plugins/bittrader.py,
-roles/bittrader/files/node_probe.py). The same cases run against real hosts in
+roles/cluster_facts/files/node_probe.py). The same cases run against real hosts in
 tests/integration/test_bad_input.py; here each rule is pinned down on its own, fast."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ sys.path.insert(0, str(REPO / "filter_plugins"))
 
 import bittrader as f  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("node_probe", REPO / "roles/bittrader/files/node_probe.py")
+_spec = importlib.util.spec_from_file_location("node_probe", REPO / "roles/cluster_facts/files/node_probe.py")
 assert _spec and _spec.loader
 probe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(probe)
 
-DEFAULTS: dict[str, Any] = yaml.safe_load((REPO / "roles/bittrader/defaults/main.yml").read_text())
+DEFAULTS: dict[str, Any] = yaml.safe_load((REPO / "roles/cluster_facts/defaults/main.yml").read_text())
 FACTS = {
     "Linux": {"system": "Linux", "architecture": "x86_64", "distribution": "Debian", "distribution_version": "12.8",
               "processor_vcpus": 8, "memtotal_mb": 16000},
@@ -291,7 +291,7 @@ def test_probe_parses_lsof() -> None:
 
 
 def test_probe_runs_and_prints_what_preflight_reads(tmp_path: Path) -> None:
-    source = (REPO / "roles/bittrader/files/node_probe.py").read_text()
+    source = (REPO / "roles/cluster_facts/files/node_probe.py").read_text()
     res = subprocess.run([sys.executable, "-B", "-c", source, str(tmp_path / "no-venv/bin/python")],
                          capture_output=True, text=True, check=True, timeout=60)
     report = json.loads(res.stdout)

@@ -141,7 +141,7 @@ def test_the_wrapper_runs_the_check_with_the_nodes_python(tmp_path: Path, head: 
     (base / "venv/bin").mkdir(parents=True)
     config = node(base, head)
     (base / "venv/bin/bittrader-verify").write_text(SCRIPT.read_text())
-    variables = {**role_defaults("bittrader", "ray_node"), "ansible_managed": "managed",
+    variables = {**role_defaults("cluster_facts", "ray_node"), "ansible_managed": "managed",
                  "ansible_facts": {"system": "Linux"}, "bittrader_base_dir": str(base),
                  "bittrader_venv_python": sys.executable, "bittrader_venv_dir": str(base / "venv"),
                  "bittrader_node_config": str(config), "bittrader_service_name": "bittrader-ray-worker"}

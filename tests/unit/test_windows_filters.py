@@ -78,7 +78,7 @@ def test_the_installer_refusal_says_what_to_do() -> None:
 
 
 def test_the_cluster_default_pin_with_the_installer_source_is_refused() -> None:
-    variables = role_defaults("bittrader", "worker_windows")
+    variables = role_defaults("cluster_facts", "worker_windows")
     version = render_value(variables["bittrader_python_version"], variables)
     assert bw.installer_problem(version, "installer") != ""
     assert bw.installer_problem(version, render_value(variables["worker_windows_python_source"], variables)) == ""

@@ -242,7 +242,7 @@ def test_the_powershell_grammar_finds_what_breaks_a_script() -> None:
 
 
 def host_vars(user: str, profile: str, mode: str, cidr: str, ip: str, **extra: Any) -> dict[str, Any]:
-    variables = role_defaults("bittrader", "worker_windows")
+    variables = role_defaults("cluster_facts", "worker_windows")
     variables.update(
         {
             "inventory_hostname": "gaming-pc",
@@ -836,7 +836,8 @@ def test_the_installer_source_with_a_security_only_pin_is_refused() -> None:
                               bittrader_python_version=version, worker_windows_python_source=source)
         assert assert_fails(check, variables) is refused, (version, source)
     # The cluster's preflight refuses it too, before any host changes, when the inventory sets the source.
-    preflight = yaml.safe_load((REPO / "roles" / "bittrader" / "tasks" / "preflight.yml").read_text(encoding="utf-8"))
+    preflight_file = REPO / "roles" / "cluster_facts" / "tasks" / "preflight.yml"
+    preflight = yaml.safe_load(preflight_file.read_text(encoding="utf-8"))
     task = next(t for t in preflight if "bittrader_windows_installer_problem" in yaml.safe_dump(t))
     variables = host_vars("trader", r"C:\Users\trader", "lan", "192.168.1.0/24", "192.168.1.30",
                           worker_windows_python_source="installer")
@@ -958,7 +959,7 @@ def test_defaults_pass_the_argument_specs() -> None:
     from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
     # Ansible templates role defaults before validating them: some refer to the bittrader role's.
-    variables = role_defaults("bittrader", "worker_windows")
+    variables = role_defaults("cluster_facts", "worker_windows")
     specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))["argument_specs"]
     for entry, spec in specs.items():
         values = {k: render_value(variables[k], variables) for k in spec["options"]}

@@ -1,7 +1,7 @@
 """Read-only facts the preflight needs from a node, printed as one JSON object.
 
 Run by the node's system Python as root (`python3 -B -c SOURCE VENV_PYTHON USER BASE_DIR SPILL_DIR`,
-roles/bittrader/tasks/preflight.yml) on Linux and macOS; it changes nothing. Keys:
+roles/cluster_facts/tasks/preflight.yml) on Linux and macOS; it changes nothing. Keys:
   python     the running interpreter's release (bittrader_system_python)
   venv       "PYTHON RAY" of the node's virtual environment, "" when it has none
   shm_bytes  size of /dev/shm (Linux; null elsewhere), which bounds Ray's object store
