@@ -338,12 +338,18 @@ def test_the_ray_service_cannot_write_outside_its_home(node: str) -> None:
     assert not any(results[f] for f in outside), results
 
 
-def test_rotating_the_token_restarts_every_node_with_the_new_one(host) -> None:  # type: ignore[no-untyped-def]
+def test_rotating_the_token_restarts_every_node_with_the_new_one(host, tmp_path) -> None:  # type: ignore[no-untyped-def]
     old = podman("exec", HEAD, "cat", f"{base_dir(HEAD)}/auth_token").stdout.strip()
-    res, took = run_playbook("-v", "playbooks/rotate_token.yml")
+    # The admin machine's copy that client.yml wrote (here a stand-in with the old token) is replaced.
+    client_dir = tmp_path / "client"
+    client_dir.mkdir(mode=0o700)
+    (client_dir / "auth_token").write_text(old)
+    res, took = run_playbook("-v", "playbooks/rotate_token.yml", "-e", f"client_dir={client_dir}")
     assert res.returncode == 0, res.stdout[-4000:]
     new = podman("exec", HEAD, "cat", f"{base_dir(HEAD)}/auth_token").stdout.strip()
     assert len(new) == 64 and new != old
+    assert (client_dir / "auth_token").read_text() == new
+    assert (client_dir / "auth_token").stat().st_mode & 0o777 == 0o600
     for node in WORKERS:
         assert podman("exec", node, "cat", f"{base_dir(node)}/auth_token").stdout.strip() == new
     assert new not in res.stdout + res.stderr and old not in res.stdout + res.stderr
