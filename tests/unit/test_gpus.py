@@ -23,7 +23,8 @@ if str(REPO / "module_utils") not in ansible.module_utils.__path__:
 
 from ansible.module_utils.bittrader_cluster import PROBE, evaluate, gpu_check  # noqa: E402
 from ansible_render import render, render_value, role_defaults  # noqa: E402
-from bittrader import expected_gpus, host_problems, text_table  # noqa: E402
+from bittrader_basics import expected_gpus, text_table  # noqa: E402
+from bittrader_validation import host_problems  # noqa: E402
 
 LINUX = {"system": "Linux", "architecture": "x86_64", "processor_vcpus": 16}
 MAC = {"system": "Darwin", "architecture": "arm64", "processor_vcpus": 10}
