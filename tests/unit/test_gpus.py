@@ -21,11 +21,13 @@ import ansible.module_utils  # noqa: E402
 if str(REPO / "module_utils") not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 
-from ansible.module_utils.bittrader_cluster import PROBE, evaluate, gpu_check  # noqa: E402
+from ansible.module_utils.bittrader_cluster import evaluate, gpu_check  # noqa: E402
 from ansible_render import render, render_value, role_defaults  # noqa: E402
 from bittrader_basics import expected_gpus, text_table  # noqa: E402
 from bittrader_validation import host_problems  # noqa: E402
 
+# The probe the modules run on the head (python -m bittrader_node_agent.cluster_probe), as source text.
+PROBE = (REPO / "node_agent" / "src" / "bittrader_node_agent" / "cluster_probe.py").read_text()
 LINUX = {"system": "Linux", "architecture": "x86_64", "processor_vcpus": 16}
 MAC = {"system": "Darwin", "architecture": "arm64", "processor_vcpus": 10}
 INTEL_MAC = {"system": "Darwin", "architecture": "x86_64", "processor_vcpus": 8}

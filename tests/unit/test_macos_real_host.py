@@ -20,12 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "filter_plugins"))
 sys.path.insert(0, str(REPO / "module_utils"))
 sys.path.insert(0, str(REPO / "roles" / "ray_node" / "files"))
+sys.path.insert(0, str(REPO / "node_agent" / "src"))
 
 import bittrader_macos as mac  # noqa: E402
 import bittrader_validation  # noqa: E402
 import bittrader_versions  # noqa: E402
 import code_read_check  # noqa: E402
-from bittrader_cluster import code_info, code_problems  # noqa: E402
+from bittrader_cluster import code_problems  # noqa: E402
+from bittrader_node_agent.cluster_probe import code_info  # noqa: E402
 
 # --- launchd ----------------------------------------------------------------------------------------
 
