@@ -18,6 +18,7 @@ and the helpers it calls by value: the nodes need not have this package installe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
@@ -219,7 +220,7 @@ def probe(address: str, tasks: bool = True, task_timeout: float = 60.0) -> dict[
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
     try:
         nodes = ray.nodes()
         # ray.nodes() gives the resources a node registered with; the scheduler's live totals (changed by
