@@ -166,7 +166,8 @@ def verify_tasks() -> list[dict[str, Any]]:
 def test_verify_renders_the_expected_gpus_and_the_table() -> None:
     """verify.yml's expectations (rendered by Ansible's templating) carry each host's resolved GPUs, and
     its table shows them."""
-    task = next(t for t in verify_tasks() if "ray_cluster_info" in t)
+    task = next(t for t in verify_tasks()
+                if t.get("ansible.builtin.include_role", {}).get("tasks_from") == "cluster_check.yml")
     hostvars = {
         "head": {"bittrader_advertise_ip": "10.0.0.10", "bittrader_expected_cpus": 0, "bittrader_expected_gpus": 0},
         "rig": {"bittrader_advertise_ip": "10.0.0.11", "bittrader_expected_cpus": 16, "bittrader_expected_gpus": 2},
@@ -174,7 +175,7 @@ def test_verify_renders_the_expected_gpus_and_the_table() -> None:
                  "bittrader_expected_gpus": None},
     }
     variables = {**role_defaults("cluster_facts"), "groups": {"ray_cluster": list(hostvars)}, "hostvars": hostvars}
-    expected = render_value(task["vars"]["verify__expected"], variables)
+    expected = render_value(task["vars"]["cluster_facts_check_expected_nodes"], variables)
     assert [(e["name"], e["gpus"]) for e in expected] == [("head", 0), ("rig", 2), ("auto", None)]
 
     show = next(t for t in verify_tasks() if t.get("name") == "Show the cluster")
