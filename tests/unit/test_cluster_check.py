@@ -152,3 +152,37 @@ def test_rows_table_aligns_the_columns() -> None:
         "head  10.0.0.10  alive",
         "w12   10.0.0.12  dead",
     ]
+
+
+
+def _dicts(node: Any) -> list[dict[str, Any]]:
+    """Every mapping in a YAML document (plays, tasks, blocks, their rescue...), depth first."""
+    if isinstance(node, dict):
+        return [node] + [d for value in node.values() for d in _dicts(value)]
+    if isinstance(node, list):
+        return [d for item in node for d in _dicts(item)]
+    return []
+
+
+def test_the_playbooks_check_the_cluster_through_the_entry_point_only() -> None:
+    """One place runs ray_cluster_check (roles/cluster_facts/tasks/cluster_check.yml); its options are the
+    ones its argument spec declares, and the callers pass no others."""
+    import re
+
+    import yaml
+    from module_harness import REPO
+
+    role = REPO / "roles" / "cluster_facts"
+    spec = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["cluster_check"]
+    entry = (role / "tasks" / "cluster_check.yml").read_text()
+    assert set(re.findall(r"cluster_facts_check_\w+", entry)) == set(spec["options"])
+    callers = []
+    for path in [*(REPO / "playbooks").glob("*.yml"), *(REPO / "roles").glob("*/tasks/*.yml"), REPO / "site.yml"]:
+        for task in _dicts(yaml.safe_load(path.read_text())):
+            assert "ray_cluster_check" not in task or path.name == "cluster_check.yml", path
+            include = task.get("ansible.builtin.include_role")
+            if isinstance(include, dict) and include.get("tasks_from") == "cluster_check.yml":
+                callers.append(path.name)
+                assert set(task.get("vars", {})) <= set(spec["options"]), (path, task["name"])
+    assert sorted(set(callers)) == ["remove_worker.yml", "upgrade.yml", "verify.yml"]
+    assert callers.count("upgrade.yml") == 3
