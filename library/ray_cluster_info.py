@@ -1,22 +1,24 @@
 #!/usr/bin/python
-"""Ansible module: read a Ray cluster's nodes and check them against the inventory."""
+"""Ansible module: read a Ray cluster's nodes (read-only; never fails because of what it finds)."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: ray_cluster_info
-short_description: Read a Ray cluster's nodes and check them against what the inventory expects
+short_description: Read a Ray cluster's nodes, CPUs, memory, GPUs and versions
 description:
   - Connects to the Ray cluster at I(address) with the cluster's auth token, using the Python of the
     node's Ray virtual environment, and returns every node (alive, address, hostname, CPUs, memory,
-    object store, GPUs) and, with I(probe_tasks), the Ray and Python versions a task saw on each alive node,
-    and the strategy code it sees (C(bittrader_code_mode) - the commit of a git checkout, a fingerprint
-    of a synced folder's files, or nothing when each job ships its code).
-  - With I(expected_nodes), waits up to I(wait_timeout) seconds until every expected node is alive
-    with its CPUs and GPUs and the cluster has at least I(min_total_cpus) CPUs; fails otherwise, naming the
-    missing or dead hosts and the CPU shortfall.
-  - Reads only; runs the same in check mode.
+    object store, GPUs) with a summary of the alive ones.
+  - With I(probe_tasks), also what a zero-CPU task saw on each alive node - its Ray and Python versions,
+    host, user, NVIDIA GPUs and the strategy code it sees (C(bittrader_code_mode)) - and the versions of
+    the Python that read the cluster (C(driver)).
+  - Reports only. It never fails because of what it finds (dead nodes, a node that did not run its task,
+    other versions); compare the result with what you expect, or use M(ray_cluster_check), which waits
+    and fails with the mismatch. It fails only when the cluster cannot be read at all.
+  - Runs the probe C(python -m bittrader_node_agent.cluster_probe), which the node agent package puts in
+    every node's Ray virtual environment.
 version_added: "1.0.0"
 author: Bittrader
 options:
@@ -31,176 +33,105 @@ options:
   token_file:
     description: File holding the cluster's auth token; passed to Ray as C(RAY_AUTH_TOKEN_PATH), never read here.
     type: path
-  expected_nodes:
-    description:
-      - Nodes the inventory expects, each with C(name), C(ip) and optionally C(cpus), C(gpus) and C(code)
-        (C(mode) working_dir, folder or git, and for git the pinned commit as C(version)).
-      - C(gpus) none leaves the count to Ray's detection; a node whose probe task sees another number of
-        NVIDIA GPUs than Ray counts then gives a warning.
-      - With I(probe_tasks), a node whose code differs fails the check; synced folders whose files
-        differ between nodes give a warning.
-    type: list
-    elements: dict
-    default: []
-  min_total_cpus:
-    description: CPUs the alive nodes must add up to at least.
-    type: float
-  ray_version:
-    description: Ray release every node must run (checked with I(probe_tasks)).
-    type: str
-  python_version:
-    description: Python release every node must run (checked with I(probe_tasks)).
-    type: str
   probe_tasks:
     description: Run a zero-CPU task on every alive node to read its versions and prove it runs work.
     type: bool
     default: true
-  wait_timeout:
-    description: Seconds to keep trying until the expectations hold; 0 checks once.
-    type: int
-    default: 0
   probe_timeout:
-    description: Seconds one probe of the cluster may take.
+    description: Seconds the probe of the cluster may take (its tasks get 30 seconds less, at least 10).
     type: int
     default: 120
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    support: full
+    details: Reads only; runs the same in check mode.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
 requirements:
-  - Ray in the virtual environment named by I(python).
+  - Ray and the bittrader_node_agent package in the virtual environment named by I(python).
 notes:
-  - Supports check mode; changes nothing.
+  - Run it on (or delegate it to) the head, as the account Ray runs as.
+seealso:
+  - module: ray_cluster_check
 """
 
 EXAMPLES = r"""
-- name: Wait until every inventory host is alive with its CPUs
+- name: Read the cluster
   ray_cluster_info:
     address: "{{ bittrader_head_address }}"
     python: "{{ bittrader_venv_python }}"
     token_file: "{{ bittrader_token_file }}"
-    expected_nodes:
-      - {name: head, ip: 100.77.179.14, cpus: 0}
-      - {name: air, ip: 100.77.179.15, gpus: 0, code: {mode: folder}}
-      - {name: rig, ip: 100.77.179.16, cpus: 16, gpus: 2}
-    min_total_cpus: 10
-    ray_version: 2.60.0
-    python_version: 3.12.12
-    wait_timeout: 120
   register: cluster
 
 - name: Print the alive nodes
   ansible.builtin.debug:
     msg: "{{ cluster.summary.alive_nodes }} nodes, {{ cluster.summary.cpus }} CPUs"
+
+- name: Count the nodes that give Ray CPUs, without running tasks
+  ray_cluster_info:
+    address: "{{ bittrader_head_address }}"
+    python: "{{ bittrader_venv_python }}"
+    token_file: "{{ bittrader_token_file }}"
+    probe_tasks: false
+  register: cluster
 """
 
 RETURN = r"""
 nodes:
-  description: Every node the cluster knows, alive or dead.
-  returned: always
+  description:
+    - Every node the cluster knows, alive or dead.
+    - C(task) is what its probe task saw (none without I(probe_tasks)), or C(error) when it ran none.
+  returned: success
   type: list
   elements: dict
   sample: [{node_id: "a1b2", alive: true, ip: "100.77.179.14", hostname: head, cpus: 0, gpus: 0, memory: 8.5e9,
-            object_store_memory: 2.1e9, is_head: true,
+            object_store_memory: 2.1e9, is_head: true, death_reason: "",
             task: {ray: 2.60.0, python: 3.12.12, nvidia_gpus: 0, code: {mode: git, commit: 0a1b2c..., on_path: true}}}]
-rows:
-  description: One row per expected host (host, ip, state, cpus, gpus, memory_gb, object_store_gb, ray, python, code).
-  returned: always
-  type: list
-  elements: dict
 summary:
   description: Alive and dead nodes, CPUs, GPUs, memory and object store (GiB) of the alive nodes.
-  returned: always
+  returned: success
   type: dict
   sample: {alive_nodes: 3, dead_nodes: 0, cpus: 22, gpus: 2, memory_gb: 17.2, object_store_gb: 7.4}
-problems:
-  description: Why the expectations do not hold; empty when they do.
-  returned: always
-  type: list
-  elements: str
-warnings_found:
-  description: Nodes in the cluster that the inventory does not name; GPUs Ray does not count.
-  returned: always
-  type: list
-  elements: str
-attempts:
-  description: Probes made before the expectations held or the time ran out.
-  returned: always
-  type: int
-elapsed:
-  description: Seconds spent.
-  returned: always
-  type: float
+driver:
+  description: Ray and Python versions of the interpreter that read the cluster (I(python)).
+  returned: success
+  type: dict
+  sample: {ray: 2.60.0, python: 3.12.12}
 """
 
-import json
-import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.bittrader_cluster import PROBE, evaluate, parse_probe_output
+from ansible.module_utils.bittrader_cluster import run_probe, summarize
 
-
-def probe(module: AnsibleModule, params: dict[str, Any]) -> dict[str, Any]:
-    """Run the probe once with the venv's Python; returns its JSON or raises RuntimeError."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    if params["token_file"]:
-        env["RAY_AUTH_TOKEN_PATH"] = params["token_file"]
-    args = json.dumps({"address": params["address"], "tasks": params["probe_tasks"],
-                       "task_timeout": max(10, params["probe_timeout"] - 30)})
-    rc, out, err = module.run_command([params["python"], "-c", PROBE, args], environ_update=env, check_rc=False)
-    if rc != 0:
-        tail = "\n".join((err or out).strip().splitlines()[-5:])
-        raise RuntimeError(f"cannot read the cluster at {params['address']} (exit {rc}): {tail}")
-    return parse_probe_output(out)
+ARGUMENT_SPEC: dict[str, Any] = dict(
+    address=dict(type="str", required=True),
+    python=dict(type="path", required=True),
+    token_file=dict(type="path", no_log=False),
+    probe_tasks=dict(type="bool", default=True),
+    probe_timeout=dict(type="int", default=120),
+)
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            address=dict(type="str", required=True),
-            python=dict(type="path", required=True),
-            token_file=dict(type="path", no_log=False),
-            expected_nodes=dict(type="list", elements="dict", default=[]),
-            min_total_cpus=dict(type="float"),
-            ray_version=dict(type="str"),
-            python_version=dict(type="str"),
-            probe_tasks=dict(type="bool", default=True),
-            wait_timeout=dict(type="int", default=0),
-            probe_timeout=dict(type="int", default=120),
-        ),
-        supports_check_mode=True,
-    )
-    params = module.params
-    for exp in params["expected_nodes"]:
-        if "name" not in exp or "ip" not in exp:
-            module.fail_json(msg=f"each of expected_nodes needs name and ip, got {exp!r}")
-    started = time.monotonic()
-    deadline = started + max(0, params["wait_timeout"])
-    attempts = 0
-    result: dict[str, Any] = {}
-    nodes: list[dict[str, Any]] = []
-    while True:
-        attempts += 1
-        try:
-            data = probe(module, params)
-            nodes = data["nodes"]
-            result = evaluate(nodes, params["expected_nodes"], params["min_total_cpus"],
-                              params["ray_version"], params["python_version"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            result = {"problems": [str(exc)], "warnings": [], "summary": {}, "rows": []}
-        if not result["problems"] or time.monotonic() >= deadline:
-            break
-        time.sleep(3)
-    output = dict(
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        data = run_probe(module.run_command, module.params)
+        nodes = list(data["nodes"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(
         changed=False,
         nodes=nodes,
-        rows=result["rows"],
-        summary=result["summary"],
-        problems=result["problems"],
-        warnings_found=result["warnings"],
-        attempts=attempts,
-        elapsed=round(time.monotonic() - started, 1),
+        summary=summarize(nodes),
+        driver={"ray": data.get("driver_ray", ""), "python": data.get("driver_python", "")},
     )
-    if result["problems"]:
-        module.fail_json(msg="The cluster does not match the inventory: " + "; ".join(result["problems"]), **output)
-    module.exit_json(**output)
 
 
 if __name__ == "__main__":

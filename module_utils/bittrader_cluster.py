@@ -1,224 +1,51 @@
-"""Shared logic of the cluster verification module: the probe run on the head, and the comparison
-of what the cluster reports with what the inventory expects. Pure Python, unit-tested."""
+"""Shared logic of the modules ray_cluster_info and ray_cluster_check: how they run the cluster probe on
+the head (a module of the node agent, bittrader_node_agent.cluster_probe) and read its answer, the
+cluster's summary, the comparison of what the cluster reports with what the inventory expects, and the
+wait until it matches. Pure Python, unit-tested (tests/unit/test_cluster_info.py, test_cluster_check.py)."""
 
 from __future__ import annotations
 
-import inspect
 import json
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 MARKER = "BITTRADER_PROBE_JSON:"
 
 
-def code_info(site_dir: str | None = None, sys_path: list[str] | None = None, max_files: int = 5000,
-              max_file_bytes: int = 1 << 20) -> dict[str, Any]:
-    """Which strategy code this Python sees (run inside a Ray task on each node by the probe).
-
-    Reads the .pth file that the roles put in the venv's site-packages (bittrader_code_mode folder or
-    git; none in working_dir mode, where each job ships its code). Returns mode, root, path, whether the
-    folder exists and is on this process's import path, the checkout's commit (git mode, read from
-    .git without running git) and a fingerprint of the folder's files: sha256 over the relative names
-    and contents of every file up to max_file_bytes (larger ones by size), skipping hidden entries,
-    __pycache__ and .pyc files. A VERSION file's first line is returned as label.
-    Self-contained (standard library only): the probe sends its source to the nodes.
-    """
-    import hashlib
-    import json as _json
-    import os
-    import sys
-    import sysconfig
-
-    site = site_dir if site_dir is not None else sysconfig.get_path("purelib")
-    path_list = list(sys.path if sys_path is None else sys_path)
-    pth = os.path.join(site, "bittrader_code.pth")
-    try:
-        with open(pth, encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return {"mode": "working_dir", "version": "shipped with each job"}
-    header: dict[str, Any] = {}
-    for line in lines:
-        if line.startswith("# bittrader-code "):
-            try:
-                header = _json.loads(line[len("# bittrader-code "):])
-            except ValueError:
-                header = {}
-    mode = str(header.get("mode") or "folder")
-    root = str(header.get("root") or "")
-    path = str(header.get("path") or root)
-    info: dict[str, Any] = {"mode": mode, "root": root, "path": path, "pinned": str(header.get("version") or ""),
-                            "exists": os.path.isdir(path), "error": ""}
-    norm = os.path.normcase(os.path.abspath(path)) if path else ""
-    info["on_path"] = bool(norm) and any(
-        os.path.normcase(os.path.abspath(entry)) == norm for entry in path_list if entry)
-    if not info["exists"]:
-        info["version"] = "missing"
-        return info
-    if mode == "git":
-        commit = ""
-        gitdir = os.path.join(root, ".git")
-        try:
-            if os.path.isfile(gitdir):  # a worktree or submodule: "gitdir: PATH"
-                with open(gitdir, encoding="utf-8") as handle:
-                    gitdir = os.path.join(root, handle.read().split(":", 1)[1].strip())
-            with open(os.path.join(gitdir, "HEAD"), encoding="utf-8") as handle:
-                head = handle.read().strip()
-            if head.startswith("ref: "):
-                ref = head[5:]
-                ref_file = os.path.join(gitdir, *ref.split("/"))
-                if os.path.isfile(ref_file):
-                    with open(ref_file, encoding="utf-8") as handle:
-                        commit = handle.read().strip()
-                else:
-                    with open(os.path.join(gitdir, "packed-refs"), encoding="utf-8") as handle:
-                        for line in handle:
-                            parts = line.split()
-                            if len(parts) == 2 and parts[1] == ref:
-                                commit = parts[0]
-            else:
-                commit = head
-        except (OSError, IndexError) as exc:
-            info["error"] = f"cannot read the checkout's commit: {exc}"
-        info["commit"] = commit
-    digest = hashlib.sha256()
-    count = 0
-    truncated = False
-    label = ""
-    # What this process could not read. On a Mac a LaunchDaemon's Python is refused (EPERM, "Operation
-    # not permitted") inside privacy-protected folders such as ~/Library/CloudStorage, where os.walk
-    # would otherwise just see an empty folder.
-    unreadable: list[str] = []
-
-    def _refused(exc: OSError) -> None:
-        unreadable.append(f"{getattr(exc, 'filename', '') or path}: {exc.strerror or exc}")
-
-    for current, dirs, files in os.walk(path, onerror=_refused):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
-        for name in sorted(files):
-            if name.startswith(".") or name.endswith((".pyc", ".pyo")):
-                continue
-            if count >= max_files:
-                truncated = True
-                break
-            full = os.path.join(current, name)
-            rel = os.path.relpath(full, path).replace(os.sep, "/")
-            try:
-                size = os.path.getsize(full)
-                if size > max_file_bytes:
-                    content = f"size:{size}".encode()
-                else:
-                    with open(full, "rb") as binary:
-                        content = binary.read()
-            except OSError as exc:
-                _refused(exc)
-                continue
-            digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + content + b"\0")
-            count += 1
-            if rel == "VERSION":
-                label = content.decode("utf-8", "replace").strip().splitlines()[0][:80] if content.strip() else ""
-        if truncated:
-            break
-    info.update(sha256=digest.hexdigest()[:16], files=count, truncated=truncated, label=label)
-    if unreadable:
-        hint = ("macOS keeps daemons out of ~/Library/CloudStorage and iCloud Drive: use a plain folder kept in "
-                "sync, or git mode" if "/Library/CloudStorage/" in path + "/" or "/Library/Mobile Documents/" in path
-                else "give the account Ray runs as read access, or move the code to a plain folder")
-        info["error"] = (f"Ray's processes cannot read {len(unreadable)} entries of {path} (first: {unreadable[0]}); "
-                         f"{hint}")
-    info["version"] = (str(info["commit"])[:12] if mode == "git" and info.get("commit")
-                       else f"sha256 {info['sha256']}")
-    return info
+# The probe is a module of the node agent package, installed in every node's Ray virtual environment:
+#   RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=... <venv>/bin/python -m bittrader_node_agent.cluster_probe ARGS
+# (node_agent/src/bittrader_node_agent/cluster_probe.py). It prints one line MARKER + JSON with every node
+# and, with tasks, what a task on each alive node saw.
+PROBE_MODULE = "bittrader_node_agent.cluster_probe"
 
 
-# Run by the node's own Python (the Ray virtual environment), not by Ansible's interpreter:
-#   python -c PROBE '{"address": "IP:6379", "tasks": true, "task_timeout": 60}'
-# Prints one line MARKER + JSON with every node, and (with tasks) what a task on each alive node saw.
-_PROBE = r'''from __future__ import annotations
-import json, os, platform, socket, sys, time
-args = json.loads(sys.argv[1])
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+def probe_command(python: str, address: str, tasks: bool = True, probe_timeout: int = 120) -> list[str]:
+    """The probe's command line: the venv's Python, the module, and its one JSON argument. A task gets
+    the probe's time less 30 s (at least 10) for Ray's connection and shutdown."""
+    args = json.dumps({"address": address, "tasks": bool(tasks), "task_timeout": max(10, int(probe_timeout) - 30)})
+    return [python, "-m", PROBE_MODULE, args]
 
-ray.init(address=args["address"], logging_level="ERROR", log_to_driver=False, configure_logging=False)
-nodes = ray.nodes()
-# ray.nodes() gives the resources a node registered with; the scheduler's live totals (changed by
-# the throttle's in-place resize) come from the GCS resource view.
-try:
-    from ray._private import state
-    live_totals = state.total_resources_per_node()
-except Exception:
-    live_totals = {}
 
-def nvidia_gpus():
-    # The NVIDIA GPUs this host has, as Ray's own detection counts them (NVML: every device, whatever
-    # CUDA_VISIBLE_DEVICES says); None when that cannot be read.
-    try:
-        from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
-        return int(NvidiaGPUAcceleratorManager.get_current_node_num_accelerators())
-    except Exception:
-        return None
+def probe_environment(token_file: str | None) -> dict[str, str]:
+    """What the probe's process needs: token authentication (the token read by Ray from token_file)."""
+    env = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    if token_file:
+        env["RAY_AUTH_TOKEN_PATH"] = token_file
+    return env
 
-@ray.remote(num_cpus=0, max_retries=0)
-def where():
-    import importlib.metadata as m
-    try:
-        import psutil
-        mem = psutil.virtual_memory().total
-    except Exception:
-        mem = None
-    return {
-        "hostname": socket.gethostname(),
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "system": platform.system(),
-        "machine": platform.machine(),
-        "logical_cpus": os.cpu_count(),
-        "host_memory": mem,
-        "pid": os.getpid(),
-        "user": os.environ.get("USER") or os.environ.get("USERNAME") or "",
-        "uid": os.getuid() if hasattr(os, "getuid") else None,
-        "code": code_info(),
-        "nvidia_gpus": nvidia_gpus(),
-    }
 
-seen = {}
-if args.get("tasks"):
-    refs = {}
-    for node in nodes:
-        if node.get("Alive"):
-            strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            refs[node["NodeID"]] = where.options(scheduling_strategy=strategy).remote()
-    deadline = time.time() + float(args.get("task_timeout", 60))
-    for node_id, ref in refs.items():
-        try:
-            seen[node_id] = ray.get(ref, timeout=max(1.0, deadline - time.time()))
-        except Exception as exc:
-            seen[node_id] = {"error": type(exc).__name__ + ": " + str(exc)[:300]}
-out = []
-for node in nodes:
-    res = dict(node.get("Resources") or {})
-    res.update(live_totals.get(node.get("NodeID"), {}))
-    out.append({
-        "node_id": node.get("NodeID"),
-        "alive": bool(node.get("Alive")),
-        "ip": node.get("NodeManagerAddress"),
-        "hostname": node.get("NodeManagerHostname"),
-        "cpus": res.get("CPU", 0.0),
-        "gpus": res.get("GPU", 0.0),
-        "memory": res.get("memory", 0.0),
-        "object_store_memory": res.get("object_store_memory", 0.0),
-        "is_head": any(k.startswith("node:__internal_head__") for k in res),
-        "death_reason": node.get("DeathReasonMessage") or "",
-        "task": seen.get(node.get("NodeID")),
-    })
-ray.shutdown()
-summary = {"nodes": out, "driver_ray": ray.__version__, "driver_python": platform.python_version()}
-print("BITTRADER_PROBE_JSON:" + json.dumps(summary))
-'''
-# The probe's tasks call code_info(): its source goes into the script, and Ray sends a function of the
-# script (__main__) to the nodes by value.
-PROBE = _PROBE.replace("\nimport ray\n", "\n" + inspect.getsource(code_info) + "\nimport ray\n", 1)
+def run_probe(run_command: Callable[..., tuple[int, str, str]], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the probe once through a module's run_command with its params (python, address, token_file,
+    probe_tasks, probe_timeout); returns the probe's JSON, or raises RuntimeError naming the address."""
+    argv = probe_command(params["python"], params["address"], params["probe_tasks"], params["probe_timeout"])
+    rc, out, err = run_command(argv, environ_update=probe_environment(params.get("token_file")), check_rc=False)
+    if rc != 0:
+        tail = "\n".join((err or out).strip().splitlines()[-5:])
+        if "No module named" in tail and PROBE_MODULE.split(".", 1)[0] in tail:
+            tail += f" (the node agent package is not installed in the environment of {params['python']})"
+        raise RuntimeError(f"cannot read the cluster at {params['address']} (exit {rc}): {tail}")
+    return parse_probe_output(out)
 
 
 def parse_probe_output(stdout: str) -> dict[str, Any]:
@@ -314,20 +141,61 @@ def evaluate(
     if len(folder_prints) > 1:
         seen = "; ".join(f"{', '.join(hosts)}: sha256 {sha}" for sha, hosts in sorted(folder_prints.items()))
         warnings.append(f"the synced code folders differ ({seen}): a sync client may not have caught up")
-    alive = [n for n in current if n.get("alive")]
-    total_cpus = sum(float(n.get("cpus") or 0) for n in alive)
+    total_cpus = sum(float(n.get("cpus") or 0) for n in current if n.get("alive"))
     if min_total_cpus is not None and total_cpus < float(min_total_cpus):
         problems.append(f"the cluster has {_num(total_cpus)} CPUs, {_num(float(min_total_cpus) - total_cpus)} short "
                         f"of the {_num(min_total_cpus)} the inventory expects")
-    summary = {
+    return {"problems": problems, "warnings": warnings, "summary": summarize(nodes), "rows": rows}
+
+
+def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Alive and dead nodes, and the CPUs, GPUs, memory and object store (GiB) of the alive ones; a
+    restarted node counts once (latest_nodes)."""
+    alive = [n for n in latest_nodes(nodes) if n.get("alive")]
+    return {
         "alive_nodes": len(alive),
         "dead_nodes": len([n for n in nodes if not n.get("alive")]),
-        "cpus": _num(total_cpus),
+        "cpus": _num(sum(float(n.get("cpus") or 0) for n in alive)),
         "gpus": _num(sum(float(n.get("gpus") or 0) for n in alive)),
         "memory_gb": round(sum(float(n.get("memory") or 0) for n in alive) / 2**30, 1),
         "object_store_gb": round(sum(float(n.get("object_store_memory") or 0) for n in alive) / 2**30, 2),
     }
-    return {"problems": problems, "warnings": warnings, "summary": summary, "rows": rows}
+
+
+ROW_COLUMNS = ("host", "ip", "state", "cpus", "gpus", "memory_gb", "object_store_gb", "ray", "python", "code")
+
+
+def rows_table(rows: list[Mapping[str, Any]], columns: tuple[str, ...] = ROW_COLUMNS) -> str:
+    """The rows as a plain-text table (the check's failure message; verify prints the same columns)."""
+    cells = [[str(c) for c in columns]] + [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+
+
+def check_until(
+    read: Callable[[], list[dict[str, Any]]],
+    judge: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    wait_timeout: float,
+    poll_interval: float = 3.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """Read the cluster and judge it until judge finds no problem or wait_timeout seconds have passed (0:
+    once). read raises RuntimeError, ValueError or KeyError when the cluster cannot be read; that counts
+    as a problem. Returns the nodes last read, the last judgement and the attempts made."""
+    deadline = clock() + max(0.0, float(wait_timeout))
+    attempts = 0
+    nodes: list[dict[str, Any]] = []
+    while True:
+        attempts += 1
+        try:
+            nodes = read()
+            result = judge(nodes)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            result = {"problems": [str(exc)], "warnings": [], "summary": {}, "rows": []}
+        if not result["problems"] or clock() >= deadline:
+            return nodes, result, attempts
+        sleep(max(0.1, float(poll_interval)))
 
 
 def gpu_check(node: dict[str, Any], expected: Any) -> tuple[str, str]:

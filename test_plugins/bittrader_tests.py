@@ -9,7 +9,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "filter_plugins"))
 
-from bittrader import in_cidr, is_ip, is_loopback
+from bittrader_basics import in_cidr, is_ip, is_loopback
 
 
 class TestModule:

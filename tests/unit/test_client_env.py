@@ -19,7 +19,8 @@ sys.path.insert(0, str(REPO / "filter_plugins"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from ansible_render import render, render_value, role_defaults  # noqa: E402
-from bittrader import admin_source_problems, host_problems  # noqa: E402
+from bittrader_network import admin_source_problems  # noqa: E402
+from bittrader_validation import host_problems  # noqa: E402
 
 TEMPLATE = "roles/head/templates/client.env.j2"
 HEAD_BASE = "/home/bittrader/.bittrader_head"

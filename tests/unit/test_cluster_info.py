@@ -1,5 +1,7 @@
-"""The verification module: the probe's output parsed, expectations compared, and the module run
-end to end with a stand-in for the venv's Python."""
+"""The cluster's read side: the probe's output parsed, the summary and the comparison with what the
+inventory expects (module_utils/bittrader_cluster.py), the inventory's expectations rendered, and the
+module ray_cluster_info run in-process with a stand-in for the venv's Python. ray_cluster_check, which
+waits and fails, is tested in test_cluster_check.py."""
 
 from __future__ import annotations
 
@@ -9,30 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from module_harness import fake_python, node, probe_calls, run_module
 
-REPO = Path(__file__).resolve().parents[2]
-import ansible.module_utils  # noqa: E402
-
-if str(REPO / "module_utils") not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(REPO / "module_utils"))
-sys.path.insert(0, str(REPO / "library"))
-
-from ansible.module_utils.bittrader_cluster import MARKER, evaluate, latest_nodes, parse_probe_output  # noqa: E402
-
-
-def node(ip: str, cpus: float, alive: bool = True, **task: Any) -> dict[str, Any]:
-    return {
-        "node_id": ip.replace(".", ""),
-        "alive": alive,
-        "ip": ip,
-        "hostname": f"h{ip[-1]}",
-        "cpus": cpus,
-        "memory": 8 * 2**30,
-        "object_store_memory": 2**30,
-        "is_head": ip.endswith(".10"),
-        "death_reason": "" if alive else "heartbeat timeout",
-        "task": task or None,
-    }
+from ansible.module_utils.bittrader_cluster import (  # isort: skip
+    MARKER,
+    evaluate,
+    latest_nodes,
+    parse_probe_output,
+    probe_command,
+    summarize,
+)
 
 
 EXPECTED = [
@@ -89,86 +77,70 @@ def test_parse_probe_output_ignores_noise() -> None:
         parse_probe_output("no marker here")
 
 
-def run_module(args: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict[str, Any]]:
-    import ray_cluster_info
-    from ansible.module_utils import basic
-    from ansible.module_utils.common.text.converters import to_bytes
-
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args})))
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-    captured: dict[str, Any] = {}
-
-    def fake_exit(self: Any, **kw: Any) -> None:
-        captured.update(kw)
-        raise SystemExit(0)
-
-    def fake_fail(self: Any, msg: str, **kw: Any) -> None:
-        captured.update(kw, msg=msg, failed=True)
-        raise SystemExit(1)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", fake_exit)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fake_fail)
-    with pytest.raises(SystemExit) as exit_info:
-        ray_cluster_info.main()
-    return int(exit_info.value.code or 0), captured
-
-
-def fake_python(tmp_path: Path, nodes: list[dict[str, Any]], rc: int = 0) -> str:
-    """An executable that stands in for the venv's Python: prints what the probe would."""
-    script = tmp_path / "python"
-    payload = MARKER + json.dumps({"nodes": nodes, "driver_ray": "2.60.0", "driver_python": "3.11.2"})
-    script.write_text(
-        f"#!/bin/sh\necho 'noise from ray'\necho '{payload}'\ntest -n \"$RAY_AUTH_TOKEN_PATH\" || exit 9\nexit {rc}\n"
-    )
-    script.chmod(0o755)
-    return str(script)
-
-
-def test_module_reports_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_info_reports_the_cluster_in_check_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nodes = [node("10.0.0.10", 0, **OK_TASK), node("10.0.0.11", 2, **OK_TASK), node("10.0.0.12", 1, **OK_TASK)]
     code, out = run_module(
-        {
-            "address": "10.0.0.10:6379",
-            "python": fake_python(tmp_path, nodes),
-            "token_file": str(tmp_path / "token"),
-            "expected_nodes": EXPECTED,
-            "min_total_cpus": 3,
-            "ray_version": "2.60.0",
-            "python_version": "3.11.2",
-            "_ansible_check_mode": True,
-        },
+        "ray_cluster_info",
+        {"address": "10.0.0.10:6379", "python": fake_python(tmp_path, nodes), "token_file": str(tmp_path / "token"),
+         "_ansible_check_mode": True},
         monkeypatch,
     )
     assert code == 0, out
-    assert out["changed"] is False and out["problems"] == [] and out["summary"]["cpus"] == 3
-    assert out["attempts"] == 1
+    assert out["changed"] is False and out["nodes"] == nodes
+    assert out["summary"] == {"alive_nodes": 3, "dead_nodes": 0, "cpus": 3, "gpus": 0, "memory_gb": 24.0,
+                              "object_store_gb": 3.0}
+    assert out["driver"] == {"ray": "2.60.0", "python": "3.11.2"}
+    assert probe_calls(tmp_path) == [{"address": "10.0.0.10:6379", "tasks": True, "task_timeout": 90}]
 
 
-def test_module_fails_naming_the_missing_host_after_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("time.sleep", lambda _s: None)
-    nodes = [node("10.0.0.10", 0, **OK_TASK), node("10.0.0.11", 2, **OK_TASK)]
+def test_info_never_fails_because_of_what_it_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dead nodes, a task that failed, another Ray: reported, not judged (that is ray_cluster_check's job)."""
+    nodes = [node("10.0.0.10", 0, ray="2.59.0", python="3.11.2", uid=0), node("10.0.0.11", 2, alive=False),
+             node("10.0.0.12", 2, error="GetTimeoutError: timed out")]
     code, out = run_module(
-        {
-            "address": "10.0.0.10:6379",
-            "python": fake_python(tmp_path, nodes),
-            "token_file": str(tmp_path / "token"),
-            "expected_nodes": EXPECTED,
-            "wait_timeout": 1,
-        },
+        "ray_cluster_info",
+        {"address": "10.0.0.10:6379", "python": fake_python(tmp_path, nodes), "token_file": str(tmp_path / "t"),
+         "probe_tasks": False, "probe_timeout": 20},
         monkeypatch,
     )
-    assert code == 1
-    assert "w2 (10.0.0.12) has not joined the cluster" in out["msg"]
-    assert out["attempts"] >= 1
+    assert code == 0, out
+    assert "failed" not in out and "problems" not in out
+    assert out["summary"]["alive_nodes"] == 2 and out["summary"]["dead_nodes"] == 1
+    assert probe_calls(tmp_path) == [{"address": "10.0.0.10:6379", "tasks": False, "task_timeout": 10}]
 
 
-def test_module_fails_clearly_when_the_cluster_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_info_fails_only_when_the_cluster_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = run_module(
-        {"address": "10.0.0.10:6379", "python": fake_python(tmp_path, [], rc=3), "token_file": str(tmp_path / "token")},
+        "ray_cluster_info",
+        {"address": "10.0.0.10:6379", "python": fake_python(tmp_path, [], rc=3), "token_file": str(tmp_path / "t")},
         monkeypatch,
     )
     assert code == 1
     assert "cannot read the cluster at 10.0.0.10:6379 (exit 3)" in out["msg"]
+
+
+def test_info_names_a_missing_node_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    python = fake_python(tmp_path, [], rc=1, stderr="No module named bittrader_node_agent")
+    code, out = run_module(
+        "ray_cluster_info", {"address": "10.0.0.10:6379", "python": python, "token_file": str(tmp_path / "t")},
+        monkeypatch,
+    )
+    assert code == 1
+    assert f"the node agent package is not installed in the environment of {python}" in out["msg"]
+
+
+def test_probe_command_runs_the_node_agents_module() -> None:
+    argv = probe_command("/srv/venv/bin/python", "10.0.0.10:6379", tasks=False, probe_timeout=120)
+    assert argv[:3] == ["/srv/venv/bin/python", "-m", "bittrader_node_agent.cluster_probe"]
+    assert json.loads(argv[3]) == {"address": "10.0.0.10:6379", "tasks": False, "task_timeout": 90}
+
+
+def test_summary_counts_a_restarted_node_once() -> None:
+    nodes = [node("10.0.0.11", 2, alive=False), node("10.0.0.11", 2), node("10.0.0.12", 4)]
+    assert summarize(nodes)["alive_nodes"] == 2 and summarize(nodes)["dead_nodes"] == 1
+    assert summarize(nodes)["cpus"] == 6
+    assert summarize([]) == {"alive_nodes": 0, "dead_nodes": 0, "cpus": 0, "gpus": 0, "memory_gb": 0.0,
+                             "object_store_gb": 0.0}
 
 
 def expected_nodes(hostvars: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

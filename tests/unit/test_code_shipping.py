@@ -20,9 +20,14 @@ from ansible_render import REPO, render, render_value, role_defaults
 
 sys.path.insert(0, str(REPO / "module_utils"))
 sys.path.insert(0, str(REPO / "workload"))
+sys.path.insert(0, str(REPO / "node_agent" / "src"))
 
-import bittrader_cluster
-from bittrader_cluster import PROBE, code_info, code_label, code_problems, evaluate
+from bittrader_cluster import code_label, code_problems, evaluate
+from bittrader_node_agent import cluster_probe
+from bittrader_node_agent.cluster_probe import code_info
+
+# The probe the modules run on the head (python -m bittrader_node_agent.cluster_probe), as source text.
+PROBE = Path(cluster_probe.__file__).read_text()
 
 PTH_TEMPLATE = REPO / "roles" / "ray_node" / "templates" / "bittrader_code.pth.j2"
 CODE_PATHS = REPO / "roles" / "cluster_facts" / "tasks" / "code_paths.yml"
@@ -308,9 +313,13 @@ def test_mode_mismatch_is_named(tmp_path: Path) -> None:
 
 
 def test_probe_carries_code_info_and_compiles() -> None:
+    import ast
+
     assert "def code_info(" in PROBE and '"code": code_info()' in PROBE
     compile(PROBE, "probe", "exec")
-    assert PROBE.startswith("from __future__ import annotations\n")
+    first_statement = ast.parse(PROBE).body[1]  # after the module's docstring
+    assert isinstance(first_statement, ast.ImportFrom) and first_statement.module == "__future__"
+    assert [alias.name for alias in first_statement.names] == ["annotations"]
 
 
 def test_code_info_runs_in_a_bare_interpreter_from_its_source(tmp_path: Path) -> None:
@@ -320,7 +329,7 @@ def test_code_info_runs_in_a_bare_interpreter_from_its_source(tmp_path: Path) ->
     folder = tmp_path / "f"
     make_package(folder, "bare")
     write_pth(tmp_path / "s", "folder", folder)
-    script = "from __future__ import annotations\nimport json\n" + inspect.getsource(bittrader_cluster.code_info)
+    script = "from __future__ import annotations\nimport json\n" + inspect.getsource(cluster_probe.code_info)
     script += f"\nprint(json.dumps(code_info(site_dir={str(tmp_path / 's')!r})))\n"
     out = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, check=True)
     info = json.loads(out.stdout)

@@ -9,7 +9,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 
-import bittrader as f
+import bittrader_basics
+import bittrader_network
+import bittrader_versions
+from filter_modules import all_filters
 
 DEFAULT_PORTS = {
     "gcs": 6379,
@@ -32,14 +35,14 @@ DEFAULT_PORTS = {
     ("value", "expected"), [("100.77.179.14", True), ("::1", True), ("head.local", False), ("", False)]
 )
 def test_is_ip(value: str, expected: bool) -> None:
-    assert f.is_ip(value) is expected
+    assert bittrader_basics.is_ip(value) is expected
 
 
 def test_in_cidr_and_loopback() -> None:
-    assert f.in_cidr("100.77.179.14", "100.64.0.0/10")
-    assert not f.in_cidr("192.168.1.5", "100.64.0.0/10")
-    assert not f.in_cidr("not-an-ip", "100.64.0.0/10")
-    assert f.is_loopback("127.0.0.1") and not f.is_loopback("10.0.0.1")
+    assert bittrader_basics.in_cidr("100.77.179.14", "100.64.0.0/10")
+    assert not bittrader_basics.in_cidr("192.168.1.5", "100.64.0.0/10")
+    assert not bittrader_basics.in_cidr("not-an-ip", "100.64.0.0/10")
+    assert bittrader_basics.is_loopback("127.0.0.1") and not bittrader_basics.is_loopback("10.0.0.1")
 
 
 @pytest.mark.parametrize(
@@ -60,7 +63,7 @@ def test_in_cidr_and_loopback() -> None:
     ],
 )
 def test_ray_wheel_problem(ray: str, py: str, system: str, arch: str, fragment: str) -> None:
-    problem = f.ray_wheel_problem(ray, py, system, arch)
+    problem = bittrader_versions.ray_wheel_problem(ray, py, system, arch)
     if fragment:
         assert fragment in problem
     else:
@@ -68,7 +71,7 @@ def test_ray_wheel_problem(ray: str, py: str, system: str, arch: str, fragment: 
 
 
 def test_default_ports_have_no_problem() -> None:
-    assert f.port_problems(DEFAULT_PORTS) == []
+    assert bittrader_network.port_problems(DEFAULT_PORTS) == []
 
 
 @pytest.mark.parametrize(
@@ -83,20 +86,20 @@ def test_default_ports_have_no_problem() -> None:
     ],
 )
 def test_port_problems(change: dict[str, object], fragment: str) -> None:
-    problems = f.port_problems({**DEFAULT_PORTS, **change})
+    problems = bittrader_network.port_problems({**DEFAULT_PORTS, **change})
     assert any(fragment in p for p in problems), problems
 
 
 def test_port_list_by_role() -> None:
-    worker = f.port_list(DEFAULT_PORTS, "worker")
-    head = f.port_list(DEFAULT_PORTS, "head")
+    worker = bittrader_network.port_list(DEFAULT_PORTS, "worker")
+    head = bittrader_network.port_list(DEFAULT_PORTS, "head")
     assert 6379 not in worker and 6379 in head and 8265 in head
     assert set(head) - set(worker) == {6379, 8265, 10001, 44217, 44227}
     assert 10002 not in head
 
 
 def test_text_table_aligns_and_blanks_none() -> None:
-    out = f.text_table(
+    out = bittrader_basics.text_table(
         [{"host": "head", "cpus": 0, "problem": None}, {"host": "air-2", "cpus": 10}], ["host", "cpus", "problem"]
     )
     lines = out.splitlines()
@@ -106,16 +109,30 @@ def test_text_table_aligns_and_blanks_none() -> None:
 
 
 def test_filter_module_exports() -> None:
-    names = f.FilterModule().filters()
+    names = all_filters()
     assert {"bittrader_is_ip", "bittrader_ray_wheel_problem", "bittrader_port_problems"} <= set(names)
 
 
 def test_expected_cpus_follow_the_throttle_then_the_inventory_then_the_hardware() -> None:
-    assert f.expected_cpus(4, True, 8) is None  # the throttle moves them: not checked
-    assert f.expected_cpus(4, False, 8) == 4
-    assert f.expected_cpus("3", False) == 3
-    assert f.expected_cpus(0, False, 8) == 0  # a coordinating head
-    assert f.expected_cpus("", False, 8) == 8  # all the host's CPUs
-    assert f.expected_cpus(None, False, 8) == 8
-    assert f.expected_cpus("", False) is None  # a host this run did not read
-    assert "bittrader_expected_cpus" in f.FilterModule().filters()
+    assert bittrader_basics.expected_cpus(4, True, 8) is None  # the throttle moves them: not checked
+    assert bittrader_basics.expected_cpus(4, False, 8) == 4
+    assert bittrader_basics.expected_cpus("3", False) == 3
+    assert bittrader_basics.expected_cpus(0, False, 8) == 0  # a coordinating head
+    assert bittrader_basics.expected_cpus("", False, 8) == 8  # all the host's CPUs
+    assert bittrader_basics.expected_cpus(None, False, 8) == 8
+    assert bittrader_basics.expected_cpus("", False) is None  # a host this run did not read
+    assert "bittrader_expected_cpus" in all_filters()
+
+
+def test_every_filter_the_roles_and_playbooks_use_is_registered_once() -> None:
+    """The filters are split by concern over several files: none lost or registered twice (all_filters)."""
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    used: set[str] = set()
+    for path in [*repo.glob("roles/**/*.yml"), *repo.glob("roles/**/*.j2"), *repo.glob("playbooks/**/*.yml"),
+                 repo / "site.yml"]:
+        used |= set(re.findall(r"\|\s*(bittrader_\w+)", path.read_text()))
+    tests = {"bittrader_is_ip", "bittrader_in_cidr", "bittrader_is_loopback"}
+    assert used, "no filter found: the search is broken"
+    assert sorted(used - set(all_filters()) - tests) == []

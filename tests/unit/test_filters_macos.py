@@ -11,8 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 
-import bittrader as bt
 import bittrader_macos as mac
+import bittrader_versions
+from filter_modules import all_filters
 
 # --- Ray wheels on macOS --------------------------------------------------------------------------
 
@@ -20,59 +21,59 @@ import bittrader_macos as mac
 @pytest.mark.parametrize("arch", ["arm64", "aarch64"])
 @pytest.mark.parametrize("macos", ["12.0", "12.7.6", "13.6", "14.5", "15.2.1", "26.1", ""])
 def test_apple_silicon_on_macos_12_or_newer_has_current_ray(arch: str, macos: str) -> None:
-    assert bt.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", arch, macos) == ""
+    assert bittrader_versions.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", arch, macos) == ""
 
 
 @pytest.mark.parametrize("macos", ["11.7.10", "11.0", "10.15.7"])
 def test_current_ray_needs_macos_12(macos: str) -> None:
-    problem = bt.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", "arm64", macos)
+    problem = bittrader_versions.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", "arm64", macos)
     assert "macOS 12" in problem
     assert macos in problem
 
 
 def test_macos_11_apple_silicon_keeps_ray_up_to_2_47() -> None:
-    assert bt.ray_wheel_problem("2.47.1", "3.10.14", "Darwin", "arm64", "11.7.10") == ""
-    assert "macOS 12" in bt.ray_wheel_problem("2.48.0", "3.10.14", "Darwin", "arm64", "11.7.10")
+    assert bittrader_versions.ray_wheel_problem("2.47.1", "3.10.14", "Darwin", "arm64", "11.7.10") == ""
+    assert "macOS 12" in bittrader_versions.ray_wheel_problem("2.48.0", "3.10.14", "Darwin", "arm64", "11.7.10")
 
 
 def test_macos_11_intel_keeps_ray_up_to_2_46() -> None:
-    assert bt.ray_wheel_problem("2.46.0", "3.10.14", "Darwin", "x86_64", "11.7.10") == ""
-    assert "macOS 12" in bt.ray_wheel_problem("2.47.0", "3.10.14", "Darwin", "x86_64", "11.7.10")
-    assert bt.ray_wheel_problem("2.47.0", "3.10.14", "Darwin", "x86_64", "12.7") == ""
+    assert bittrader_versions.ray_wheel_problem("2.46.0", "3.10.14", "Darwin", "x86_64", "11.7.10") == ""
+    assert "macOS 12" in bittrader_versions.ray_wheel_problem("2.47.0", "3.10.14", "Darwin", "x86_64", "11.7.10")
+    assert bittrader_versions.ray_wheel_problem("2.47.0", "3.10.14", "Darwin", "x86_64", "12.7") == ""
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "amd64", "i386"])
 def test_intel_mac_has_no_current_ray(arch: str) -> None:
-    problem = bt.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", arch, "15.2.1")
+    problem = bittrader_versions.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", arch, "15.2.1")
     assert "Intel Macs" in problem
     assert "2.49.2" in problem
 
 
 def test_intel_mac_with_ray_2_49_2() -> None:
-    assert bt.ray_wheel_problem("2.49.2", "3.12.8", "Darwin", "x86_64", "14.6") == ""
-    assert "Intel" in bt.ray_wheel_problem("2.50.0", "3.12.8", "Darwin", "x86_64", "14.6")
+    assert bittrader_versions.ray_wheel_problem("2.49.2", "3.12.8", "Darwin", "x86_64", "14.6") == ""
+    assert "Intel" in bittrader_versions.ray_wheel_problem("2.50.0", "3.12.8", "Darwin", "x86_64", "14.6")
 
 
 def test_intel_rule_comes_before_the_version_rule() -> None:
-    problem = bt.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", "x86_64", "11.7")
+    problem = bittrader_versions.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", "x86_64", "11.7")
     assert "Intel Macs" in problem
 
 
 def test_unknown_mac_architecture() -> None:
-    assert "macOS on ppc" in bt.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", "ppc", "15.0")
+    assert "macOS on ppc" in bittrader_versions.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", "ppc", "15.0")
 
 
 def test_os_version_is_optional_and_ignored_off_macos() -> None:
-    assert bt.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", "arm64") == ""
-    assert bt.ray_wheel_problem("2.60.0", "3.12.12", "Linux", "x86_64", "11.0") == ""
+    assert bittrader_versions.ray_wheel_problem("2.60.0", "3.12.12", "Darwin", "arm64") == ""
+    assert bittrader_versions.ray_wheel_problem("2.60.0", "3.12.12", "Linux", "x86_64", "11.0") == ""
 
 
 def test_python_rules_still_apply_on_macs() -> None:
-    assert "3.9" in bt.ray_wheel_problem("2.60.0", "3.9.6", "Darwin", "arm64", "15.2")
+    assert "3.9" in bittrader_versions.ray_wheel_problem("2.60.0", "3.9.6", "Darwin", "arm64", "15.2")
 
 
 def test_filter_is_registered() -> None:
-    assert bt.FilterModule().filters()["bittrader_ray_wheel_problem"] is bt.ray_wheel_problem
+    assert all_filters()["bittrader_ray_wheel_problem"] is bittrader_versions.ray_wheel_problem
 
 
 # --- plist ----------------------------------------------------------------------------------------

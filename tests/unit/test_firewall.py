@@ -14,15 +14,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 
-import bittrader as f
+import bittrader_network
 from ansible_render import render, role_defaults
 
 PORTS = role_defaults("cluster_facts")["bittrader_ports"]
 
 
 def test_every_pinned_port_is_covered_once_by_role() -> None:
-    head = f.firewall_ports(PORTS, "head")
-    worker = f.firewall_ports(PORTS, "worker")
+    head = bittrader_network.firewall_ports(PORTS, "head")
+    worker = bittrader_network.firewall_ports(PORTS, "worker")
     assert head["admin"] == ["8265", "10001", "44217", "44227"]
     assert worker["admin"] == []
     assert "6379" in head["cluster"] and "6379" not in worker["cluster"]
@@ -34,7 +34,7 @@ def test_every_pinned_port_is_covered_once_by_role() -> None:
 
 def test_changed_ports_change_the_rules() -> None:
     ports = dict(PORTS, gcs=7000, min_worker=20000, max_worker=20100)
-    rules = f.firewall_ports(ports, "head")
+    rules = bittrader_network.firewall_ports(ports, "head")
     assert "7000" in rules["cluster"] and "6379" not in rules["cluster"]
     assert rules["cluster"][-1] == "20000-20100"
 
@@ -46,13 +46,13 @@ def test_node_addresses_prefer_the_resolved_address() -> None:
         "w2": {"ansible_host": "100.64.0.3"},
         "w3": {"ansible_host": "w3.local"},
     }
-    got = f.node_addresses(hostvars, ["head", "w1", "w2", "w3", "absent"])
+    got = bittrader_network.node_addresses(hostvars, ["head", "w1", "w2", "w3", "absent"])
     assert got == {"head": "100.64.0.1", "w1": "100.64.0.2", "w2": "100.64.0.3", "w3": "", "absent": ""}
 
 
 def test_ufw_rules_allow_then_deny() -> None:
-    ports = f.firewall_ports(PORTS, "head")
-    rules = f.ufw_rules(ports, ["10.0.0.1", "10.0.0.2"], ["10.0.0.1", "10.0.0.2", "10.9.9.9"])
+    ports = bittrader_network.firewall_ports(PORTS, "head")
+    rules = bittrader_network.ufw_rules(ports, ["10.0.0.1", "10.0.0.2"], ["10.0.0.1", "10.0.0.2", "10.9.9.9"])
     allows = [r for r in rules if r["rule"] == "allow"]
     denies = [r for r in rules if r["rule"] == "deny"]
     assert len(allows) == 2 * len(ports["cluster"]) + 3 * len(ports["admin"])
@@ -75,12 +75,12 @@ def test_ufw_stale_finds_only_our_outdated_rules() -> None:
         {"rule": "allow", "from_ip": "10.0.0.1", "port": "6379"},
         {"rule": "deny", "from_ip": "any", "port": "10002-10299"},
     ]
-    stale = f.ufw_stale(added, wanted, "bittrader")
+    stale = bittrader_network.ufw_stale(added, wanted, "bittrader")
     assert stale == [
         {"rule": "allow", "from_ip": "10.0.0.7", "port": "6379"},
         {"rule": "deny", "from_ip": "any", "port": "9999"},
     ]
-    assert len(f.ufw_stale(added, [], "bittrader")) == 4
+    assert len(bittrader_network.ufw_stale(added, [], "bittrader")) == 4
 
 
 def _nft(role: str, action: str = "drop") -> str:
@@ -90,7 +90,7 @@ def _nft(role: str, action: str = "drop") -> str:
         "bittrader_node_role": role,
         "ray_firewall_mode": "nodes",
         "ray_firewall_action": action,
-        "ray_firewall_ports": f.firewall_ports(PORTS, role),
+        "ray_firewall_ports": bittrader_network.firewall_ports(PORTS, role),
         "ray_firewall_cluster_sources": ["10.89.77.10", "10.89.77.11"],
         "ray_firewall_admin_sources": ["10.89.77.10", "10.89.77.11", "100.64.0.0/10"],
     }

@@ -21,10 +21,13 @@ import ansible.module_utils  # noqa: E402
 if str(REPO / "module_utils") not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(REPO / "module_utils"))
 
-from ansible.module_utils.bittrader_cluster import PROBE, evaluate, gpu_check  # noqa: E402
+from ansible.module_utils.bittrader_cluster import evaluate, gpu_check  # noqa: E402
 from ansible_render import render, render_value, role_defaults  # noqa: E402
-from bittrader import expected_gpus, host_problems, text_table  # noqa: E402
+from bittrader_basics import expected_gpus, text_table  # noqa: E402
+from bittrader_validation import host_problems  # noqa: E402
 
+# The probe the modules run on the head (python -m bittrader_node_agent.cluster_probe), as source text.
+PROBE = (REPO / "node_agent" / "src" / "bittrader_node_agent" / "cluster_probe.py").read_text()
 LINUX = {"system": "Linux", "architecture": "x86_64", "processor_vcpus": 16}
 MAC = {"system": "Darwin", "architecture": "arm64", "processor_vcpus": 10}
 INTEL_MAC = {"system": "Darwin", "architecture": "x86_64", "processor_vcpus": 8}
@@ -163,7 +166,8 @@ def verify_tasks() -> list[dict[str, Any]]:
 def test_verify_renders_the_expected_gpus_and_the_table() -> None:
     """verify.yml's expectations (rendered by Ansible's templating) carry each host's resolved GPUs, and
     its table shows them."""
-    task = next(t for t in verify_tasks() if "ray_cluster_info" in t)
+    task = next(t for t in verify_tasks()
+                if t.get("ansible.builtin.include_role", {}).get("tasks_from") == "cluster_check.yml")
     hostvars = {
         "head": {"bittrader_advertise_ip": "10.0.0.10", "bittrader_expected_cpus": 0, "bittrader_expected_gpus": 0},
         "rig": {"bittrader_advertise_ip": "10.0.0.11", "bittrader_expected_cpus": 16, "bittrader_expected_gpus": 2},
@@ -171,7 +175,7 @@ def test_verify_renders_the_expected_gpus_and_the_table() -> None:
                  "bittrader_expected_gpus": None},
     }
     variables = {**role_defaults("cluster_facts"), "groups": {"ray_cluster": list(hostvars)}, "hostvars": hostvars}
-    expected = render_value(task["vars"]["verify__expected"], variables)
+    expected = render_value(task["vars"]["cluster_facts_check_expected_nodes"], variables)
     assert [(e["name"], e["gpus"]) for e in expected] == [("head", 0), ("rig", 2), ("auto", None)]
 
     show = next(t for t in verify_tasks() if t.get("name") == "Show the cluster")

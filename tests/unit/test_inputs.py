@@ -1,6 +1,7 @@
 """Issue 18: inputs a careless or hostile inventory gets wrong, refused before any host changes
-(filter_plugins/bittrader.py: inventory_problems, platform_problems, probe_problems; node_probe.py's sudo
-and disk reads). tests/integration/test_bad_input.py runs the same classes against real hosts."""
+(filter_plugins/bittrader_inputs.py: inventory_problems, platform_problems; bittrader_preflight.py:
+probe_problems; node_probe.py's sudo and disk reads).
+tests/integration/test_bad_input.py runs the same classes against real hosts."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "filter_plugins"))
 
-import bittrader as f  # noqa: E402
+import bittrader_inputs  # noqa: E402
+import bittrader_preflight  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("node_probe", REPO / "roles/cluster_facts/files/node_probe.py")
 assert _spec and _spec.loader
@@ -34,7 +36,7 @@ LIMITS = {"min_memory_mb": 2048, "min_cpus": 2}
 
 
 def platform(hostvars: dict[str, Any], facts: dict[str, Any] | None = None) -> list[str]:
-    return f.platform_problems(hostvars, LINUX if facts is None else facts, LIMITS)
+    return bittrader_inputs.platform_problems(hostvars, LINUX if facts is None else facts, LIMITS)
 
 
 # --- class 1: path-like settings ---
@@ -110,10 +112,10 @@ def test_every_path_setting_exists_with_a_valid_default() -> None:
     defaults: dict[str, Any] = {}
     for path in REPO.glob("roles/*/defaults/main.yml"):
         defaults.update(yaml.safe_load(path.read_text()) or {})
-    for name, kind in f.PATH_SETTINGS.items():
+    for name, kind in bittrader_inputs.PATH_SETTINGS.items():
         assert name in defaults, name
         facts = WINDOWS if kind.startswith("win") or name.startswith("worker_windows") else LINUX
-        assert f.path_problems({name: defaults[name]}, facts["system"]) == [], name
+        assert bittrader_inputs.path_problems({name: defaults[name]}, facts["system"]) == [], name
 
 
 # --- class 2: list, dict and boolean settings ---
@@ -200,13 +202,14 @@ def test_probe_asks_sudo_about_the_account(tmp_path: Path) -> None:
 
 
 def test_probe_problems_refuse_passwordless_sudo_and_unreadable_rights() -> None:
-    found = f.probe_problems({"sudo_nopasswd": ["(ALL) NOPASSWD: ALL"]}, {"user": "admin"})
+    found = bittrader_preflight.probe_problems({"sudo_nopasswd": ["(ALL) NOPASSWD: ALL"]}, {"user": "admin"})
     assert len(found) == 1
     assert "bittrader_user admin has passwordless sudo here ((ALL) NOPASSWD: ALL)" in found[0]
     assert "each job could become root" in found[0] and "--ask-become-pass" in found[0]
-    assert "could not read the sudo rights" in f.probe_problems({"sudo_nopasswd": None}, {"user": "x"})[0]
-    assert f.probe_problems({"sudo_nopasswd": []}, {"user": "x"}) == []
-    assert f.probe_problems({}, {"user": "x"}) == []  # the probe did not run (Windows)
+    unread = bittrader_preflight.probe_problems({"sudo_nopasswd": None}, {"user": "x"})
+    assert "could not read the sudo rights" in unread[0]
+    assert bittrader_preflight.probe_problems({"sudo_nopasswd": []}, {"user": "x"}) == []
+    assert bittrader_preflight.probe_problems({}, {"user": "x"}) == []  # the probe did not run (Windows)
 
 
 # --- class 4: connection settings, before anything reaches the host ---
@@ -225,16 +228,18 @@ def test_probe_problems_refuse_passwordless_sudo_and_unreadable_rights() -> None
     ],
 )
 def test_connection_problems(hostvars: dict[str, Any], windows: bool, fragment: str) -> None:
-    found = f.connection_problems(hostvars, windows)
+    found = bittrader_inputs.connection_problems(hostvars, windows)
     assert len(found) == 1 and fragment in found[0], found
 
 
 def test_good_connections_pass() -> None:
-    assert f.connection_problems({"ansible_connection": "ssh", "ansible_shell_type": "powershell"}, True) == []
-    assert f.connection_problems({"ansible_connection": "ansible.builtin.psrp"}, True) == []
-    assert f.connection_problems({"ansible_connection": "winrm", "ansible_become_method": "runas"}, True) == []
-    assert f.connection_problems({}, False) == []
-    assert f.connection_problems({"ansible_connection": "containers.podman.podman"}, False) == []
+    ssh = {"ansible_connection": "ssh", "ansible_shell_type": "powershell"}
+    assert bittrader_inputs.connection_problems(ssh, True) == []
+    assert bittrader_inputs.connection_problems({"ansible_connection": "ansible.builtin.psrp"}, True) == []
+    winrm = {"ansible_connection": "winrm", "ansible_become_method": "runas"}
+    assert bittrader_inputs.connection_problems(winrm, True) == []
+    assert bittrader_inputs.connection_problems({}, False) == []
+    assert bittrader_inputs.connection_problems({"ansible_connection": "containers.podman.podman"}, False) == []
 
 
 # --- class 5: facts the roles compute cannot come from the inventory ---
@@ -261,7 +266,7 @@ def set_fact_names() -> set[str]:
 def test_every_computed_fact_is_reserved() -> None:
     names = set_fact_names()
     assert "head_cluster_token" in names and "bittrader_facts_resolved" in names  # the scan sees them
-    unguarded = sorted(n for n in names if not f.reserved_problems([n]))
+    unguarded = sorted(n for n in names if not bittrader_inputs.reserved_problems([n]))
     assert unguarded == [], f"add these set_fact names to RESERVED_FACTS: {unguarded}"
 
 
@@ -279,7 +284,7 @@ def test_what_preflight_registers_before_validation_is_not_refused_as_inventory(
             tasks += yaml.safe_load(path.read_text())
     registered = [task["register"] for task in tasks if "register" in task]
     assert registered, "the scan sees the first play's registers"
-    assert f.reserved_problems(registered) == []
+    assert bittrader_inputs.reserved_problems(registered) == []
 
 
 THROTTLE_RULE = (
@@ -294,26 +299,27 @@ def test_the_throttles_own_cpu_quota_rule_is_not_passwordless_sudo() -> None:
     seen on the Molecule worker, whose second converge then failed preflight) gives no root: preflight
     accepts it, and still refuses it beside any other command."""
     settings = {"user": "bittrader"}
-    assert f.probe_problems({"sudo_nopasswd": [THROTTLE_RULE]}, settings) == []
+    assert bittrader_preflight.probe_problems({"sudo_nopasswd": [THROTTLE_RULE]}, settings) == []
     mixed = THROTTLE_RULE + ", /bin/sh"
-    assert "has passwordless sudo" in f.probe_problems({"sudo_nopasswd": [mixed]}, settings)[0]
+    assert "has passwordless sudo" in bittrader_preflight.probe_problems({"sudo_nopasswd": [mixed]}, settings)[0]
     other_property = THROTTLE_RULE.replace("CPUQuota\\=5%", "ExecStart\\=/bin/sh")
-    assert f.probe_problems({"sudo_nopasswd": [other_property]}, settings)
-    assert f.probe_problems({"sudo_nopasswd": ["(ALL : ALL) NOPASSWD: ALL"]}, settings)
+    assert bittrader_preflight.probe_problems({"sudo_nopasswd": [other_property]}, settings)
+    assert bittrader_preflight.probe_problems({"sudo_nopasswd": ["(ALL : ALL) NOPASSWD: ALL"]}, settings)
 
 
 def test_reserved_problems_name_the_variables_and_pass_ordinary_ones() -> None:
-    found = f.reserved_problems(["head_cluster_token", "bittrader_facts_resolved", "bittrader_user", "ansible_host"])
+    found = bittrader_inputs.reserved_problems(
+        ["head_cluster_token", "bittrader_facts_resolved", "bittrader_user", "ansible_host"])
     assert len(found) == 1
     assert "bittrader_facts_resolved, head_cluster_token are facts that the roles compute" in found[0]
     assert "remove them from the inventory" in found[0]
-    assert f.reserved_problems(["bittrader__probe"])  # a role's private variable
-    assert f.reserved_problems(["bittrader_user", "bittrader_ports", "ansible_host", "vault_tailscale_auth_key",
-                                "group_names", "inventory_hostname"]) == []
+    assert bittrader_inputs.reserved_problems(["bittrader__probe"])  # a role's private variable
+    assert bittrader_inputs.reserved_problems(["bittrader_user", "bittrader_ports", "ansible_host",
+                                               "vault_tailscale_auth_key", "group_names", "inventory_hostname"]) == []
 
 
 def test_inventory_problems_combine_every_check_before_facts() -> None:
-    found = f.inventory_problems({"head_cluster_token": "x", "ansible_connection": "ssh",
+    found = bittrader_inputs.inventory_problems({"head_cluster_token": "x", "ansible_connection": "ssh",
                                   "bittrader_code_folder": "C:\\Users\\John Smith\\code",
                                   "bittrader_firewall_admin_sources": "10.0.0.1"}, True)
     assert [p.split(" ")[0] for p in found] == ["head_cluster_token", "ansible_shell_type", "bittrader_code_folder",
@@ -323,7 +329,7 @@ def test_inventory_problems_combine_every_check_before_facts() -> None:
 
 def test_inventory_problems_see_the_heads_forged_token_in_a_limited_run() -> None:
     """A --limit worker run does not check the head as a host, but reads its facts: its names are checked."""
-    found = f.inventory_problems({"bittrader_user": "bittrader"}, False,
+    found = bittrader_inputs.inventory_problems({"bittrader_user": "bittrader"}, False,
                                  {"head": ["head_cluster_token", "bittrader_user"], "w2": ["bittrader_user"]})
     assert len(found) == 1 and found[0].startswith("head's inventory: head_cluster_token is a fact"), found
 
@@ -360,7 +366,7 @@ def test_the_platform_table_lists_every_supported_release() -> None:
     text = (REPO / "docs/platforms.md").read_text()
     section = text.split("## Supported OS versions", 1)[1]
     rows = {line.split("|")[1]: line for line in section.splitlines() if line.startswith("| ")}
-    for distribution, first in f.SUPPORTED_LINUX.items():
+    for distribution, first in bittrader_inputs.SUPPORTED_LINUX.items():
         row = next((line for name, line in rows.items() if distribution in name), "")
         assert f"| {first[0]}" in row, (distribution, first, row)
     assert "Windows 10" in section and "Windows 11" in section and "PowerShell 5.1" in section
@@ -375,13 +381,13 @@ def test_probe_reads_free_space_of_the_nearest_folder(tmp_path: Path) -> None:
 
 def test_probe_problems_check_disk_space() -> None:
     low = {"disk": {"base": ["/home", 100 * 2**20], "spill": ["/tmp", 2**30]}}
-    found = f.probe_problems(low, {"min_free_disk_mb": 2048, "object_store_memory": 2**31})
+    found = bittrader_preflight.probe_problems(low, {"min_free_disk_mb": 2048, "object_store_memory": 2**31})
     assert len(found) == 2
     assert "/home has 100 MiB free, less than bittrader_min_free_disk_mb (2048 MiB)" in found[0]
     assert "/tmp has 1024 MiB free, less than the object store (2048 MiB)" in found[1]
     # Ray's default object store: 30% of memory.
-    assert f.probe_problems(low, {"memtotal_mb": 16000})[0].startswith("/tmp has 1024 MiB free")
-    assert f.probe_problems(low, {"memtotal_mb": 2000}) == []
+    assert bittrader_preflight.probe_problems(low, {"memtotal_mb": 16000})[0].startswith("/tmp has 1024 MiB free")
+    assert bittrader_preflight.probe_problems(low, {"memtotal_mb": 2000}) == []
 
 
 def test_the_probe_runs_with_the_new_arguments(tmp_path: Path) -> None:
@@ -410,6 +416,6 @@ def test_the_shipped_inventories_pass_the_checks_before_facts(inventory: str) ->
     for host in inv.groups["ray_cluster"].get_hosts():
         hv = vm.get_vars(host=host)
         windows = "workers_windows" in hv["group_names"]
-        assert f.inventory_problems(hv, windows) == [], host.name
+        assert bittrader_inputs.inventory_problems(hv, windows) == [], host.name
         group_facts = next((facts[g] for g in hv["group_names"] if g in facts), LINUX)
         assert platform(hv, group_facts) == [], host.name

@@ -20,11 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "filter_plugins"))
 sys.path.insert(0, str(REPO / "module_utils"))
 sys.path.insert(0, str(REPO / "roles" / "ray_node" / "files"))
+sys.path.insert(0, str(REPO / "node_agent" / "src"))
 
-import bittrader as bt  # noqa: E402
 import bittrader_macos as mac  # noqa: E402
+import bittrader_validation  # noqa: E402
+import bittrader_versions  # noqa: E402
 import code_read_check  # noqa: E402
-from bittrader_cluster import code_info, code_problems  # noqa: E402
+from bittrader_cluster import code_problems  # noqa: E402
+from bittrader_node_agent.cluster_probe import code_info  # noqa: E402
 
 # --- launchd ----------------------------------------------------------------------------------------
 
@@ -302,13 +305,13 @@ INTEL = {"system": "Darwin", "architecture": "x86_64", "distribution": "MacOSX",
 @pytest.mark.parametrize("ray", ["2.49.2", "2.52.0", "2.60.0"])
 def test_an_intel_mac_gets_the_same_message_whatever_the_pin(ray: str) -> None:
     settings = {"host": "oldmac", "ray_version": ray, "python_version": "3.12.12"}
-    problems = bt._pin_problems(settings, INTEL)
-    assert problems == [problems[0]] and bt.INTEL_MAC_RULE in problems[0]
+    problems = bittrader_validation._pin_problems(settings, INTEL)
+    assert problems == [problems[0]] and bittrader_versions.INTEL_MAC_RULE in problems[0]
 
 
 def test_the_macos_readme_states_the_validation_rule() -> None:
     readme = " ".join((REPO / "roles" / "worker_macos" / "README.md").read_text().split())
     assert "pin `bittrader_ray_version: \"2.49.2\"`" not in readme
-    assert " ".join(bt.INTEL_MAC_RULE.split()) in readme
+    assert " ".join(bittrader_versions.INTEL_MAC_RULE.split()) in readme
     # README tables name only what the roles have: no Intel Mac instructions beyond the rule.
     assert not re.search(r"Intel Mac[^.]*must pin", readme)

@@ -1,6 +1,7 @@
-"""The checks validate.yml and preflight.yml run before any host changes (filter_plugins/bittrader.py,
-roles/cluster_facts/files/node_probe.py). The same cases run against real hosts in
-tests/integration/test_bad_input.py; here each rule is pinned down on its own, fast."""
+"""The checks validate.yml and preflight.yml run before any host changes (filter_plugins/bittrader_validation.py,
+bittrader_network.py, bittrader_versions.py, bittrader_preflight.py; roles/cluster_facts/files/node_probe.py).
+The same cases run against real hosts in tests/integration/test_bad_input.py; here each rule is pinned down on
+its own, fast."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "filter_plugins"))
 
-import bittrader as f  # noqa: E402
+import bittrader_network  # noqa: E402
+import bittrader_preflight  # noqa: E402
+import bittrader_validation  # noqa: E402
+import bittrader_versions  # noqa: E402
+from filter_modules import all_filters  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("node_probe", REPO / "roles/cluster_facts/files/node_probe.py")
 assert _spec and _spec.loader
@@ -74,7 +79,7 @@ def settings(host: str = "w1", groups: tuple[str, ...] = ("workers_linux",), **v
 
 
 def problems(facts: str = "Linux", **kw: Any) -> list[str]:
-    return f.host_problems(settings(**kw), FACTS[facts])
+    return bittrader_validation.host_problems(settings(**kw), FACTS[facts])
 
 
 def test_the_defaults_have_no_problem_on_any_os() -> None:
@@ -106,7 +111,8 @@ def test_the_shipped_inventories_pass(inventory: str) -> None:
                           "python_version": head_vars["bittrader_python_version"],
                           "ports": head_vars["bittrader_ports"], "ray_extras": head_vars["bittrader_ray_extras"],
                           "optuna_version": head_vars["bittrader_optuna_version"]}
-        found = f.host_problems(settings(host.name, tuple(hv["group_names"]), **values), FACTS[system])
+        host_settings = settings(host.name, tuple(hv["group_names"]), **values)
+        found = bittrader_validation.host_problems(host_settings, FACTS[system])
         assert found == [], (host.name, found)
 
 
@@ -174,17 +180,17 @@ def test_each_bad_value_is_named_with_its_fix(change: dict[str, Any], fragment: 
 
 
 def test_ray_requirement_spells_the_extras_one_way() -> None:
-    assert f.ray_requirement("2.60.0", ["tune", "default"]) == "ray[default,tune]==2.60.0"
-    assert f.ray_requirement("2.60.0", ["default", "Tune", "tune"]) == "ray[default,tune]==2.60.0"
-    assert f.ray_requirement("2.60.0", []) == "ray==2.60.0"
-    assert f.ray_requirement(" 2.60.0 ", ("default",)) == "ray[default]==2.60.0"
+    assert bittrader_versions.ray_requirement("2.60.0", ["tune", "default"]) == "ray[default,tune]==2.60.0"
+    assert bittrader_versions.ray_requirement("2.60.0", ["default", "Tune", "tune"]) == "ray[default,tune]==2.60.0"
+    assert bittrader_versions.ray_requirement("2.60.0", []) == "ray==2.60.0"
+    assert bittrader_versions.ray_requirement(" 2.60.0 ", ("default",)) == "ray[default]==2.60.0"
 
 
 def test_extras_and_optuna_are_the_cluster_wide_defaults() -> None:
     """Tune and Optuna on every node by default; a cluster may leave them out, consistently."""
     assert DEFAULTS["bittrader_ray_extras"] == ["default", "tune"]
-    assert f.ray_extras_problem(DEFAULTS["bittrader_ray_extras"]) == ""
-    assert f.optuna_version_problem(DEFAULTS["bittrader_optuna_version"]) == ""
+    assert bittrader_versions.ray_extras_problem(DEFAULTS["bittrader_ray_extras"]) == ""
+    assert bittrader_versions.optuna_version_problem(DEFAULTS["bittrader_optuna_version"]) == ""
     head = {"host": "head", "ray_version": DEFAULTS["bittrader_ray_version"],
             "python_version": DEFAULTS["bittrader_python_version"], "ports": DEFAULTS["bittrader_ports"],
             "ray_extras": ["default"], "optuna_version": ""}
@@ -192,12 +198,12 @@ def test_extras_and_optuna_are_the_cluster_wide_defaults() -> None:
     # A caller that predates the extras passes neither: nothing to compare.
     s = settings()
     del s["ray_extras"], s["optuna_version"]
-    assert f.host_problems(s, FACTS["Linux"]) == []
+    assert bittrader_validation.host_problems(s, FACTS["Linux"]) == []
 
 
 def test_a_head_may_give_ray_no_cpu_and_lives_on_linux_or_macos() -> None:
     assert problems(host="head", groups=("ray_head",), num_cpus=0) == []
-    found = f.host_problems(settings(host="head", groups=("ray_head",)), FACTS["Win32NT"])
+    found = bittrader_validation.host_problems(settings(host="head", groups=("ray_head",)), FACTS["Win32NT"])
     assert any("the head runs on Linux or macOS" in p for p in found)
 
 
@@ -210,7 +216,7 @@ def test_throttle_settings_pass_when_the_throttle_is_off() -> None:
     [("2.60.0", ""), ("2.52.0", ""), ("2.51.2", "token"), ("2.61.0", "not a Ray release"), ("v2.60.0", "exact")],
 )
 def test_ray_version_problem(version: str, fragment: str) -> None:
-    problem = f.ray_version_problem(version)
+    problem = bittrader_versions.ray_version_problem(version)
     assert (fragment in problem) if fragment else problem == ""
 
 
@@ -227,44 +233,45 @@ def test_ray_version_problem(version: str, fragment: str) -> None:
     ],
 )
 def test_cidr_problem(cidr: str, fragment: str) -> None:
-    problem = f.cidr_problem(cidr)
+    problem = bittrader_network.cidr_problem(cidr)
     assert (fragment in problem) if fragment else problem == ""
 
 
 def test_pip_problems_accept_pins_and_urls_and_name_conflicts() -> None:
     pins = {"ray": "2.60.0", "numpy": "2.4.6"}
-    assert f.pip_problems(["pandas==2.3.3", "ta-lib[extra]==0.6.0", "mylib @ https://x.test/mylib.whl"], pins) == []
-    assert f.pip_problems(["numpy==2.4.6"], pins) == []  # the same pin twice is harmless
-    found = f.pip_problems(["Pandas==2.3.3", "pandas==2.2.0", "NumPy==2.3.4"], pins)
+    fine = ["pandas==2.3.3", "ta-lib[extra]==0.6.0", "mylib @ https://x.test/mylib.whl"]
+    assert bittrader_versions.pip_problems(fine, pins) == []
+    assert bittrader_versions.pip_problems(["numpy==2.4.6"], pins) == []  # the same pin twice is harmless
+    found = bittrader_versions.pip_problems(["Pandas==2.3.3", "pandas==2.2.0", "NumPy==2.3.4"], pins)
     assert len(found) == 2 and "bittrader_numpy_version" in found[1]
 
 
 def test_duplicate_addresses_name_every_host_from_its_side() -> None:
     addresses = {"head": "10.0.0.1", "w1": "10.0.0.2", "w2": "10.0.0.2", "w3": ""}
-    assert f.duplicate_addresses(addresses) == [
+    assert bittrader_network.duplicate_addresses(addresses) == [
         "w1 and w2 advertise the same address 10.0.0.2: every node needs its own; fix ansible_host or "
         "bittrader_node_ip of w2"
     ]
-    assert "w2 advertises 10.0.0.2, the address of w1 too" in f.duplicate_addresses(addresses, "w2")[0]
-    assert f.duplicate_addresses(addresses, "head") == []
-    assert f.duplicate_addresses(addresses, "w3") == []
+    assert "w2 advertises 10.0.0.2, the address of w1 too" in bittrader_network.duplicate_addresses(addresses, "w2")[0]
+    assert bittrader_network.duplicate_addresses(addresses, "head") == []
+    assert bittrader_network.duplicate_addresses(addresses, "w3") == []
 
 
 def test_busy_ports_skip_rays_own_and_the_other_roles_ports() -> None:
     ports = DEFAULTS["bittrader_ports"]
     listening = [[22, "root"], [6379, "redis"], [8076, "bittrader"], [8080, "www-data"], [10100, "root"]]
-    head = f.busy_ports(listening, ports, "head", "bittrader")
+    head = bittrader_preflight.busy_ports(listening, ports, "head", "bittrader")
     assert any("port 6379 (bittrader_ports.gcs) is already in use by another program (user redis)" in p for p in head)
     assert any("port 8080 (bittrader_ports.metrics_export)" in p for p in head)
     assert not any("8076" in p.split(":")[0] for p in head)  # Ray's own raylet
     assert any("worker port range 10002-10299" in p and "10100" in p for p in head)
-    worker = f.busy_ports(listening, ports, "worker", "bittrader")
+    worker = bittrader_preflight.busy_ports(listening, ports, "worker", "bittrader")
     assert not any("6379" in p for p in worker)  # the GCS is the head's port only
-    assert f.busy_ports([], ports, "head", "bittrader") == []
+    assert bittrader_preflight.busy_ports([], ports, "head", "bittrader") == []
 
 
 def test_filters_are_exported() -> None:
-    names = f.FilterModule().filters()
+    names = all_filters()
     for name in ("bittrader_host_problems", "bittrader_ray_version_problem", "bittrader_cidr_problem",
                  "bittrader_duplicate_addresses", "bittrader_busy_ports", "bittrader_ray_requirement",
                  "bittrader_ray_extras_problem"):
@@ -311,7 +318,7 @@ def preflight(found: dict[str, Any] | None = None, **values: Any) -> list[str]:
         "ports": DEFAULTS["bittrader_ports"], "role": "worker", "head_host": "head", "head_token_missing": False,
         "head_token_file": "/home/bittrader/.bittrader_head/auth_token", **values,
     }
-    return f.preflight_problems({"python": "3.11.2", "venv": "", "shm_bytes": 2**30, "listening": [],
+    return bittrader_preflight.preflight_problems({"python": "3.11.2", "venv": "", "shm_bytes": 2**30, "listening": [],
                                  **(found or {})}, s)
 
 

@@ -18,7 +18,7 @@ import pytest
 from ansible_render import render, role_defaults
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
-import bittrader
+import bittrader_preflight
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "roles/ray_node/files/bittrader_verify.py"
@@ -160,7 +160,8 @@ def test_verify_names_a_refused_token_first(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     config = node(tmp_path, port, log="GCS returned an authentication error\n")
     _, found = verify(config, fakes(tmp_path))
-    lines = bittrader.node_check_lines({"w1": json.dumps(found), "w2": "", "head": json.dumps({"healthy": True})})
+    reports = {"w1": json.dumps(found), "w2": "", "head": json.dumps({"healthy": True})}
+    lines = bittrader_preflight.node_check_lines(reports)
     assert len(lines) == 1
     assert lines[0].startswith("w1 (on the node): the head refused this node's auth token"), lines
     assert "does not answer from here" in lines[0]

@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "module_utils"))
 
-from bittrader_cluster import PROBE, parse_probe_output
+from bittrader_cluster import PROBE_MODULE, parse_probe_output
 
 # Molecule's cluster: mol-head, mol-worker1, mol-worker2 on 10.89.77.0/24. A developer can point the
 # tests at another cluster of the same shape with BITTRADER_TEST_PREFIX and BITTRADER_TEST_NET.
@@ -95,7 +95,7 @@ def probe_cluster(head: Any, tasks: bool = True, timeout: int = 120) -> dict[str
     base = base_dir(HEAD)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{base}/auth_token"}
     args = json.dumps({"address": f"{IPS[HEAD]}:6379", "tasks": tasks, "task_timeout": timeout})
-    res = head.run(as_user([f"{base}/venv/bin/python", "-c", PROBE, args], env))
+    res = head.run(as_user([f"{base}/venv/bin/python", "-m", PROBE_MODULE, args], env))
     assert res.rc == 0, res.stderr[-2000:]
     return parse_probe_output(res.stdout)
 

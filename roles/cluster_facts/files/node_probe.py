@@ -114,7 +114,7 @@ def shm_bytes() -> int | None:
 
 def parse_sudo_list(text: str) -> list[str]:
     """The rules of `sudo -l -U USER` output that run without a password (NOPASSWD, or !authenticate).
-    The same parser as filter_plugins/bittrader.py's parse_sudo_list (tested against each other)."""
+    Preflight's bittrader_probe_problems (filter_plugins/bittrader_preflight.py) judges the rules it returns."""
     rules: list[str] = []
     no_auth = False
     in_rules = False
