@@ -3,6 +3,7 @@ and docs/variables.md, generated from both by tools/role_docs.py, is up to date.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,10 @@ def test_defaults_carry_headings_not_descriptions(role: str) -> None:
     header = "\n".join(lines[: lines.index("")]) if "" in lines else ""
     assert "meta/argument_specs.yml" in header and "ansible-doc -t role -r roles" in header, path
     assert yaml.safe_load(path.read_text()) is not None
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_readmes_link_the_variables_instead_of_repeating_them(role: str) -> None:
+    readme = (REPO / "roles" / role / "README.md").read_text()
+    assert "docs/variables.md" in readme and "Entry point" in readme, role
+    assert not re.search(r"^\|\s*`?variable`?\s*\|", readme, re.I | re.M), f"{role}/README.md repeats a variable table"
