@@ -43,3 +43,14 @@ def test_the_lint_waiver_names_only_files_of_the_facts_role() -> None:
         path, rule = line.split()
         assert path.startswith("roles/cluster_facts/") and rule == "var-naming[no-role-prefix]", line
         assert (REPO / path).is_file(), path
+
+
+def test_the_tailscale_role_stands_alone() -> None:
+    """roles/tailscale is usable in another project: no dependency on this project's roles, filters or
+    bittrader_* variables; site.yml hands its tailscale_ip to cluster_facts from the outside."""
+    role = REPO / "roles" / "tailscale"
+    assert yaml.safe_load((role / "meta" / "main.yml").read_text())["dependencies"] == []
+    for path in sorted([*role.glob("tasks/*.yml"), *role.glob("defaults/*.yml"), role / "meta" / "argument_specs.yml"]):
+        text = path.read_text()
+        assert "bittrader" not in text.lower(), path
+        assert "cluster_facts" not in text, path

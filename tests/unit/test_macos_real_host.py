@@ -135,7 +135,7 @@ def _tasks(path: Path) -> list[dict[str, Any]]:
 
 
 def test_a_reload_waits_for_the_old_job_between_bootout_and_bootstrap() -> None:
-    tasks = _tasks(REPO / "roles" / "ray_node" / "tasks" / "launchd-load.yml")
+    tasks = _tasks(REPO / "roles" / "ray_node" / "tasks" / "launchd_load.yml")
     names = [t["name"] for t in tasks]
     bootout = names.index("Unload the job's old definition")
     bootstrap = names.index("Load and start the job")
