@@ -83,7 +83,7 @@ def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     (root / "ansible.cfg").write_text(
         "[defaults]\n"
-        f"roles_path = {repo / 'roles'}\nlibrary = {repo / 'library'}\nmodule_utils = {repo / 'module_utils'}\n"
+        f"roles_path = {repo / 'roles'}\nlibrary = {repo / 'library'}\nmodule_utils = {repo / 'module_utils'}:{repo / 'node_agent' / 'src'}\n"
         f"filter_plugins = {repo / 'filter_plugins'}\ninterpreter_python = {sys.executable}\n"
         "host_key_checking = False\nretry_files_enabled = False\nstdout_callback = default\n"
     )
