@@ -504,16 +504,17 @@ def _throttle_value(key: str, value: object) -> object:
 
 
 def throttle_problems(policy: Mapping[str, Any], system: object) -> list[str]:
-    """The throttle daemon's own policy checks (module_utils/bittrader_throttle.py), in variable names."""
+    """The throttle daemon's own policy checks (node_agent/src/bittrader_node_agent/throttle/config.py,
+    the ray_throttle_daemon module's module_utils), in variable names."""
     import importlib
     from pathlib import Path
 
     import ansible.module_utils
 
-    extra = str(Path(__file__).resolve().parent.parent / "module_utils")
+    extra = str(Path(__file__).resolve().parent.parent / "node_agent" / "src")
     if extra not in list(ansible.module_utils.__path__):
         ansible.module_utils.__path__.append(extra)
-    throttle = importlib.import_module("ansible.module_utils.bittrader_throttle")
+    throttle = importlib.import_module("ansible.module_utils.bittrader_node_agent.throttle.config")
     platform_name = {"darwin": "darwin", "linux": "linux"}.get(str(system).lower(), "windows")
     clean = {k: _throttle_value(k, v) for k, v in policy.items() if k in _THROTTLE_VARIABLES and not _blank(v)}
     base = "/srv/bittrader"
@@ -1252,7 +1253,7 @@ def platform_problems(
 
 
 # The one passwordless rule the roles install themselves (ray_node's throttle-Linux.yml, from
-# module_utils/bittrader_throttle.py's sudoers_rule): setting the CPU quota of Ray's own unit, which gives
+# the node agent's throttle/config.py sudoers_rule): setting the CPU quota of Ray's own unit, which gives
 # no root. A rule of `sudo -l`'s listing is refused unless every command in it is one of these.
 _THROTTLE_COMMAND = re.compile(
     r"/\S*/systemctl set-property --runtime [A-Za-z0-9_.@-]+\.service CPUQuota\\=(?:\d+%)?"
@@ -1307,7 +1308,7 @@ def probe_problems(found: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
 
 
 def node_check_lines(reports: Mapping[str, Any]) -> list[str]:
-    """One line per node whose on-node check (roles/ray_node/files/bittrader_verify.py --json; reports:
+    """One line per node whose on-node check (the node agent's bittrader-verify --json; reports:
     host -> its output) found problems, for verify's failure message; a refused token comes first."""
     import json
 
