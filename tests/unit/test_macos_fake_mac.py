@@ -45,8 +45,8 @@ STRIPPED_MAIN_TASKS = {
 def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fake_mac")
     repo = root / "repo"
-    for part in ("roles", "filter_plugins", "library", "module_utils"):
-        shutil.copytree(REPO / part, repo / part)
+    for part in ("roles", "filter_plugins", "library", "module_utils", "node_agent"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
     meta = repo / "roles" / "ray_node" / "meta" / "main.yml"  # no bittrader role: facts.yml sets its facts
     data = yaml.safe_load(meta.read_text())
     data["dependencies"] = []
