@@ -110,7 +110,7 @@ def preflight_problems(found: Mapping[str, Any], s: Mapping[str, Any]) -> list[s
 
 
 # The one passwordless rule the roles install themselves (ray_node's throttle-Linux.yml, from
-# module_utils/bittrader_throttle.py's sudoers_rule): setting the CPU quota of Ray's own unit, which gives
+# the node agent's throttle/config.py sudoers_rule): setting the CPU quota of Ray's own unit, which gives
 # no root. A rule of `sudo -l`'s listing is refused unless every command in it is one of these.
 _THROTTLE_COMMAND = re.compile(
     r"/\S*/systemctl set-property --runtime [A-Za-z0-9_.@-]+\.service CPUQuota\\=(?:\d+%)?"
@@ -165,7 +165,7 @@ def probe_problems(found: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
 
 
 def node_check_lines(reports: Mapping[str, Any]) -> list[str]:
-    """One line per node whose on-node check (roles/ray_node/files/bittrader_verify.py --json; reports:
+    """One line per node whose on-node check (the node agent's bittrader-verify --json; reports:
     host -> its output) found problems, for verify's failure message; a refused token comes first."""
     import json
 

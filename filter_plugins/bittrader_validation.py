@@ -67,14 +67,15 @@ def _throttle_policy_module() -> Any:
 
     import ansible.module_utils
 
-    extra = str(Path(__file__).resolve().parent.parent / "module_utils")
+    extra = str(Path(__file__).resolve().parent.parent / "node_agent" / "src")
     if extra not in list(ansible.module_utils.__path__):
         ansible.module_utils.__path__.append(extra)
-    return importlib.import_module("ansible.module_utils.bittrader_throttle")
+    return importlib.import_module("ansible.module_utils.bittrader_node_agent.throttle.config")
 
 
 def throttle_problems(policy: Mapping[str, Any], system: object) -> list[str]:
-    """The throttle daemon's own policy checks (module_utils/bittrader_throttle.py), in variable names."""
+    """The throttle daemon's own policy checks (node_agent/src/bittrader_node_agent/throttle/config.py,
+    the ray_throttle_daemon module's module_utils), in variable names."""
     throttle = _throttle_policy_module()
     platform_name = {"darwin": "darwin", "linux": "linux"}.get(str(system).lower(), "windows")
     clean = {k: _throttle_value(k, v) for k, v in policy.items() if k in _THROTTLE_VARIABLES and not _blank(v)}

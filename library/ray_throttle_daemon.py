@@ -6,28 +6,44 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: ray_throttle_daemon
-short_description: Install the Bittrader smart CPU throttling daemon of a Ray worker
+short_description: Configure the Bittrader smart CPU throttling daemon of a Ray worker
 description:
-  - Writes the throttling daemon (the source of the C(bittrader_throttle) module_utils file) to
-    C(VENV/bin/bittrader-throttle) and its JSON configuration to I(config_path), owned by I(user).
+  - Writes the JSON configuration of the throttling daemon to I(config_path), owned by I(user). The
+    daemon itself is the C(bittrader-throttle) console script of the node agent (the
+    C(bittrader_node_agent) wheel the ray_node role installs into I(venv)); with I(state=present) the
+    module fails when that script is missing (outside check mode).
   - The service that runs it is not managed here; its command is returned in C(command) and, on
     Linux, the sudoers rule the daemon needs in C(sudoers).
-  - The policy is validated with the daemon's own rules first; an invalid policy fails with every
-    problem named and nothing on the host is changed.
-  - Reports C(changed) only when a file's content, mode or owner changes; supports check mode and
-    diff mode (the configuration's text before and after; the script by checksum).
-  - Windows hosts need a PowerShell module or C(win_copy) of the same file and a templated
-    configuration; this module runs on Linux and macOS.
+  - The policy is validated with the daemon's own rules first (the agent's
+    C(bittrader_node_agent.throttle.config), also a module_utils file); an invalid policy fails with
+    every problem named and nothing on the host is changed.
+  - Reports C(changed) only when the configuration's content, mode or owner changes.
+  - Windows hosts template the same configuration (roles/worker_windows); this module runs on Linux
+    and macOS.
 version_added: "1.0.0"
 author: Bittrader
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Nothing is written; C(changed) and the diff say what would change.
+  diff_mode:
+    support: full
+    details: The configuration's text before and after, and its mode and owner.
+  platform:
+    support: full
+    platforms: posix
 options:
   state:
-    description: C(present) writes the script and the configuration; C(absent) removes both.
+    description: >-
+      C(present) writes the configuration; C(absent) removes it (the console script belongs to the
+      node agent's wheel and stays).
     type: str
     choices: [present, absent]
     default: present
   venv:
-    description: The node's Ray virtual environment; the script goes to C(VENV/bin/bittrader-throttle).
+    description: The node's Ray virtual environment, with the node agent's C(VENV/bin/bittrader-throttle).
     type: path
     required: true
   user:
@@ -155,10 +171,8 @@ options:
         description: Extra environment of the Ray calls (no secrets; never C(RAY_AUTH_TOKEN)).
         type: dict
 requirements:
-  - The C(bittrader_throttle) module_utils file (configured by C(module_utils) in ansible.cfg).
-  - psutil in I(venv) for the daemon itself (not for this module).
-notes:
-  - Supports check mode and diff mode.
+  - The node agent's source as a module_utils folder (C(module_utils = module_utils:node_agent/src) in ansible.cfg).
+  - The node agent installed in I(venv) (psutil with it) for the daemon itself (not for this module).
 """
 
 EXAMPLES = r"""
@@ -202,7 +216,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 script_path:
-  description: Where the daemon was written.
+  description: The daemon's console script (installed with the node agent).
   returned: always
   type: str
   sample: /home/bittrader/.bittrader_worker/venv/bin/bittrader-throttle
@@ -237,24 +251,22 @@ status_file:
 """
 
 # Imports follow the documentation blocks, as in ansible-core's own modules.
-import hashlib
 import os
 import platform as _platform
 import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.bittrader_throttle import (
+from ansible.module_utils.bittrader_node_agent.throttle.config import (
+    DAEMON_SCRIPT,
     build_config,
     config_from_dict,
     render_config,
-    script_bytes,
     service_command,
     sudoers_rule,
     validate,
 )
 
-SCRIPT_MODE = "0755"
 CONFIG_MODE = "0640"
 
 
@@ -271,10 +283,6 @@ def read_bytes(path: str) -> bytes | None:
             return handle.read()
     except FileNotFoundError:
         return None
-
-
-def sha256(data: bytes | None) -> str:
-    return "absent" if data is None else hashlib.sha256(data).hexdigest()
 
 
 def file_args(path: str, mode: str, owner: str | None, group: str | None) -> dict[str, Any]:
@@ -397,15 +405,13 @@ def main() -> None:
             paths[key] = p[key]
     platform_name = p["platform"] or host_platform()
     bin_dir = "Scripts" if platform_name == "windows" else "bin"
-    script_path = os.path.join(venv, bin_dir, "bittrader-throttle")
+    script_path = os.path.join(venv, bin_dir, DAEMON_SCRIPT)
     config_path = paths["config_path"]
     result: dict[str, Any] = {"changed": False, "script_path": script_path, "config_path": config_path}
 
     if p["state"] == "absent":
         before_config = read_bytes(config_path)
-        before_script = read_bytes(script_path)
-        changed = remove_file(module, script_path)
-        changed = remove_file(module, config_path) or changed
+        changed = remove_file(module, config_path)
         result["changed"] = changed
         if module._diff and changed:
             result["diff"] = [
@@ -414,12 +420,6 @@ def main() -> None:
                     "after_header": config_path,
                     "before": (before_config or b"").decode("utf-8", "replace"),
                     "after": "",
-                },
-                {
-                    "before_header": f"{script_path} (sha256)",
-                    "after_header": f"{script_path} (sha256)",
-                    "before": sha256(before_script) + "\n",
-                    "after": "absent\n",
                 },
             ]
         module.exit_json(**result)
@@ -441,16 +441,14 @@ def main() -> None:
         module.fail_json(msg="invalid throttle configuration: " + "; ".join(errors), errors=errors, **result)
     parsed = config_from_dict(config)
 
-    python = os.path.join(venv, bin_dir, "python.exe" if platform_name == "windows" else "python")
-    try:
-        script = script_bytes(python)
-    except (OSError, RuntimeError) as exc:
-        module.fail_json(msg=f"cannot read the daemon's source from module_utils: {exc}", **result)
+    if not module.check_mode and not os.path.exists(script_path):
+        module.fail_json(
+            msg=f"{script_path} is missing: install the node agent (the bittrader_node_agent wheel) into {venv} first",
+            **result,
+        )
     config_text = render_config(config)
 
     before_config = read_bytes(config_path)
-    before_script = read_bytes(script_path)
-    script_changed, script_attrs = write_file(module, script_path, script, SCRIPT_MODE, p["user"], p["group"])
     config_changed, config_attrs = write_file(
         module, config_path, config_text.encode("utf-8"), CONFIG_MODE, p["user"], p["group"]
     )
@@ -459,7 +457,7 @@ def main() -> None:
     if platform_name == "linux" and parsed.mechanism_kind == "systemd" and p["user"]:
         sudoers = sudoers_rule(p["user"], parsed)
     result.update(
-        changed=script_changed or config_changed,
+        changed=config_changed,
         config=config,
         command=service_command(venv, config_path, platform_name),
         sudoers=sudoers,
@@ -478,18 +476,8 @@ def main() -> None:
                     "after": config_text,
                 }
             )
-        if before_script != script:
-            diffs.append(
-                {
-                    "before_header": f"{script_path} (sha256)",
-                    "after_header": f"{script_path} (sha256)",
-                    "before": sha256(before_script) + "\n",
-                    "after": sha256(script) + "\n",
-                }
-            )
-        for attrs in (script_attrs, config_attrs):
-            if attrs["before"] or attrs["after"]:
-                diffs.append(attrs)
+        if config_attrs["before"] or config_attrs["after"]:
+            diffs.append(config_attrs)
         result["diff"] = diffs
     module.exit_json(**result)
 

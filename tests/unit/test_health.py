@@ -1,23 +1,17 @@
-"""The head's health record (roles/head/files/bittrader_health.py): summary, missing-since state,
+"""The head's health record (node_agent/src/bittrader_node_agent/health.py): summary, missing-since state,
 warnings after the threshold, the log line, rotation, the status command; and its launchd job."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import plistlib
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bittrader_node_agent import health
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bittrader_health", REPO / "roles/head/files/bittrader_health.py")
-assert spec and spec.loader
-health = importlib.util.module_from_spec(spec)
-sys.modules["bittrader_health"] = health
-spec.loader.exec_module(health)
 
 EXPECTED = [
     {"name": "head", "ip": "10.0.0.10", "cpus": 0, "throttle": None},
@@ -160,12 +154,13 @@ def test_the_launchd_job_runs_the_check_on_an_interval_as_the_user() -> None:
                  "bittrader_home": "/Users/alice", "bittrader_base_dir": "/Users/alice/.bittrader_head",
                  "bittrader_log_dir": "/Users/alice/.bittrader_head/logs",
                  "bittrader_venv_python": "/Users/alice/.bittrader_head/venv/bin/python",
+                 "bittrader_venv_dir": "/Users/alice/.bittrader_head/venv",
                  "bittrader_health_interval_s": 60, "inventory_hostname": "mac-head"}
     plist = plistlib.loads(render("roles/head/templates/launchd-health.plist.j2", variables).encode())
     assert plist["Label"] == "com.bittrader.health"
     assert plist["UserName"] == "alice"
     assert plist["StartInterval"] == 60
     assert plist["ProgramArguments"] == ["/Users/alice/.bittrader_head/venv/bin/python",
-                                         "/Users/alice/.bittrader_head/bin/bittrader-health", "check", "--quiet",
+                                         "/Users/alice/.bittrader_head/venv/bin/bittrader-health", "check", "--quiet",
                                          "--config", "/Users/alice/.bittrader_head/health.json"]
     assert "KeepAlive" not in plist

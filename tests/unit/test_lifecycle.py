@@ -23,8 +23,8 @@ def load(name: str, path: str) -> ModuleType:
     return module
 
 
-node = load("bittrader_node_lifecycle", "roles/ray_node/files/bittrader_node.py")
-health = load("bittrader_health_lifecycle", "roles/head/files/bittrader_health.py")
+node = importlib.import_module("bittrader_node_agent.supervisor")
+health = importlib.import_module("bittrader_node_agent.health")
 
 
 def test_the_hold_file_lies_next_to_the_supervisors_state(tmp_path: Path) -> None:

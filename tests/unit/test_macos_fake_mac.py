@@ -45,8 +45,8 @@ STRIPPED_MAIN_TASKS = {
 def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fake_mac")
     repo = root / "repo"
-    for part in ("roles", "filter_plugins", "library", "module_utils"):
-        shutil.copytree(REPO / part, repo / part)
+    for part in ("roles", "filter_plugins", "library", "module_utils", "node_agent"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
     meta = repo / "roles" / "ray_node" / "meta" / "main.yml"  # no bittrader role: facts.yml sets its facts
     data = yaml.safe_load(meta.read_text())
     data["dependencies"] = []
@@ -83,7 +83,8 @@ def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     (root / "ansible.cfg").write_text(
         "[defaults]\n"
-        f"roles_path = {repo / 'roles'}\nlibrary = {repo / 'library'}\nmodule_utils = {repo / 'module_utils'}\n"
+        f"roles_path = {repo / 'roles'}\nlibrary = {repo / 'library'}\n"
+        f"module_utils = {repo / 'module_utils'}:{repo / 'node_agent' / 'src'}\n"
         f"filter_plugins = {repo / 'filter_plugins'}\ninterpreter_python = {sys.executable}\n"
         "host_key_checking = False\nretry_files_enabled = False\nstdout_callback = default\n"
     )
@@ -216,7 +217,8 @@ def test_switches_and_restart(mac: dict[str, Any]) -> None:
     assert state(mac, "pmset")["ac"] == 1  # restored
     assert not (mac["daemons"] / "com.bittrader.ray-throttle.plist").exists()
     assert not (mac["home"] / "Library" / "LaunchAgents" / "com.bittrader.ray-notifier.plist").exists()
-    assert not (mac["base"] / "venv" / "bin" / "bittrader-notify").exists()
+    # The program is the node agent's (it stays with the venv); its configuration goes.
+    assert not (mac["base"] / "notifier.json").exists()
 
     agent = play(mac, "converge.yml", ray_node_launchd_kind="agent", worker_macos_keep_awake="caffeinate",
                  worker_macos_notifications=False, bittrader_num_cpus=3)

@@ -1,33 +1,17 @@
-"""The macOS worker's notifier (roles/worker_macos/files/bittrader_notify.py): which log lines and
+"""The macOS worker's notifier (node_agent/src/bittrader_node_agent/notify.py): which log lines and
 throttle states become notifications, log rotation, and the osascript call. osascript itself is
 replaced by a recorder: showing the notification is only possible on a Mac."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "roles" / "worker_macos" / "files" / "bittrader_notify.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bittrader_notify", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bn = _load()
+from bittrader_node_agent import notify as bn
 
 
 class Recorder:

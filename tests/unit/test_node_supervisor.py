@@ -1,8 +1,7 @@
-"""The node supervisor (roles/ray_node/files/bittrader_node.py) with a stand-in `ray` command."""
+"""The node supervisor (node_agent/src/bittrader_node_agent/supervisor.py) with a stand-in `ray` command."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bittrader_node_agent import supervisor as node
 
 REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bittrader_node", REPO / "roles/ray_node/files/bittrader_node.py")
-assert spec and spec.loader
-node = importlib.util.module_from_spec(spec)
-sys.modules["bittrader_node"] = node
-spec.loader.exec_module(node)
+AGENT_ENV = {**os.environ, "PYTHONPATH": str(REPO / "node_agent" / "src")}
 
 FAKE_RAY = """#!/bin/sh
 # Stand-in for the venv's ray: records its arguments, then behaves as FAKE_MODE says.
@@ -241,7 +237,8 @@ def test_sigterm_stops_ray_and_exits_zero(tmp_path: Path) -> None:
     config_path = tmp_path / "node.json"
     config_path.write_text(json.dumps(config))
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "roles/ray_node/files/bittrader_node.py"), "run", "--config", str(config_path)],
+        [sys.executable, "-m", "bittrader_node_agent.supervisor", "run", "--config", str(config_path)],
+        env=AGENT_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,5 +1,7 @@
 """The ray_throttle_daemon Ansible module: run in-process the way ansible-core tests its modules
-(patched module args, SystemExit from exit_json/fail_json), and once for real through AnsiballZ."""
+(patched module args, SystemExit from exit_json/fail_json), and once for real through AnsiballZ. It
+writes the configuration of the node agent's bittrader-throttle (installed with the agent's wheel,
+here a launcher of node_agent/src) and imports the schema from node_agent/src as module_utils."""
 
 from __future__ import annotations
 
@@ -15,19 +17,19 @@ from pathlib import Path
 
 import ansible.module_utils
 import pytest
+from agent_throttle import console_script
 from ansible.module_utils.testing import patch_module_args
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "module_utils") not in list(ansible.module_utils.__path__):
-    ansible.module_utils.__path__.append(str(REPO / "module_utils"))
-bt = importlib.import_module("ansible.module_utils.bittrader_throttle")
+if str(REPO / "node_agent" / "src") not in list(ansible.module_utils.__path__):
+    ansible.module_utils.__path__.append(str(REPO / "node_agent" / "src"))
+bt = importlib.import_module("ansible.module_utils.bittrader_node_agent.throttle.config")
 
 _spec = importlib.util.spec_from_file_location("ray_throttle_daemon", REPO / "library" / "ray_throttle_daemon.py")
 assert _spec is not None and _spec.loader is not None
 mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mod)
-
-SOURCE = (REPO / "module_utils" / "bittrader_throttle.py").read_bytes()
+ENTRY = "bittrader_node_agent.throttle.cli:main"
 
 
 def run_module(capsys, args: dict, check_mode: bool = False, diff: bool = False) -> dict:
@@ -48,6 +50,7 @@ def run_module(capsys, args: dict, check_mode: bool = False, diff: bool = False)
 def node(tmp_path):
     venv = tmp_path / "node" / "venv"
     (venv / "bin").mkdir(parents=True)
+    console_script(venv / "bin" / "bittrader-throttle", ENTRY)  # the node agent, installed before
     return tmp_path / "node"
 
 
@@ -74,7 +77,7 @@ def test_first_install_then_unchanged(capsys, node):
     script = node / "venv" / "bin" / "bittrader-throttle"
     config = node / "throttle.json"
     assert first["script_path"] == str(script) and first["config_path"] == str(config)
-    assert script.read_bytes() == f"#!{node / 'venv' / 'bin' / 'python'}\n".encode() + SOURCE
+    assert "bittrader_node_agent.throttle.cli" in script.read_text()  # the agent's, left as it is
     assert stat.S_IMODE(script.stat().st_mode) == 0o755
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     written = json.loads(config.read_text())
@@ -100,7 +103,7 @@ def test_first_install_then_unchanged(capsys, node):
     assert "NOPASSWD: BITTRADER_THROTTLE_" in first["sudoers"]
     config_diff = first["diff"][0]
     assert config_diff["before"] == "" and config_diff["after"] == config.read_text()
-    assert first["diff"][1]["before"] == "absent\n"
+    assert str(script) not in json.dumps(first["diff"])  # the configuration only: the script is the agent's
 
     second = run_module(capsys, args_for(node), diff=True)
     assert second["changed"] is False
@@ -109,11 +112,22 @@ def test_first_install_then_unchanged(capsys, node):
 
 def test_mode_change_alone_is_a_change(capsys, node):
     run_module(capsys, args_for(node))
-    script = node / "venv" / "bin" / "bittrader-throttle"
-    script.chmod(0o644)
+    config = node / "throttle.json"
+    config.chmod(0o644)
     again = run_module(capsys, args_for(node))
     assert again["changed"] is True
-    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+
+
+def test_missing_agent_fails_and_writes_nothing(capsys, node):
+    (node / "venv" / "bin" / "bittrader-throttle").unlink()
+    result = run_module(capsys, args_for(node))
+    assert result["_rc"] == 1 and result["failed"] is True
+    assert "install the node agent" in result["msg"]
+    assert not (node / "throttle.json").exists()
+    # Check mode on a node without the agent yet (a first run in check mode) says what it would write.
+    checked = run_module(capsys, args_for(node), check_mode=True)
+    assert checked["changed"] is True and not (node / "throttle.json").exists()
 
 
 def test_policy_change_shows_a_diff(capsys, node):
@@ -127,9 +141,10 @@ def test_policy_change_shows_a_diff(capsys, node):
 
 
 def test_check_mode_changes_nothing(capsys, node):
+    script = (node / "venv" / "bin" / "bittrader-throttle").read_bytes()
     result = run_module(capsys, args_for(node), check_mode=True, diff=True)
     assert result["changed"] is True
-    assert not (node / "venv" / "bin" / "bittrader-throttle").exists()
+    assert (node / "venv" / "bin" / "bittrader-throttle").read_bytes() == script
     assert not (node / "throttle.json").exists()
     assert result["diff"][0]["after"]  # the configuration it would write
     run_module(capsys, args_for(node))
@@ -155,7 +170,6 @@ def test_bad_policy_fails_before_writing(capsys, node, policy, message):
     assert result["msg"].startswith("invalid throttle configuration: ")
     assert message in result["msg"]
     assert any(message in e for e in result["errors"])
-    assert not (node / "venv" / "bin" / "bittrader-throttle").exists()
     assert not (node / "throttle.json").exists()
 
 
@@ -175,21 +189,32 @@ def test_battery_count_as_text_becomes_a_number(capsys, node):
     assert json.loads((node / "throttle.json").read_text())["policy"]["battery_policy"] == 3
 
 
-def test_absent_removes_both(capsys, node):
+def test_absent_removes_the_configuration(capsys, node):
     run_module(capsys, args_for(node))
     check = run_module(capsys, {**args_for(node), "state": "absent"}, check_mode=True)
     assert check["changed"] is True and (node / "throttle.json").exists()
     gone = run_module(capsys, {**args_for(node), "state": "absent"}, diff=True)
     assert gone["changed"] is True
-    assert not (node / "venv" / "bin" / "bittrader-throttle").exists()
+    assert (node / "venv" / "bin" / "bittrader-throttle").exists()  # the agent's, removed with its venv
     assert not (node / "throttle.json").exists()
     assert gone["diff"][0]["after"] == ""
     again = run_module(capsys, {**args_for(node), "state": "absent"})
     assert again["changed"] is False
 
 
-def test_daemon_source_is_the_module_utils_file():
-    assert bt.daemon_source() == SOURCE
+def test_the_module_and_the_daemon_share_one_schema():
+    """The module imports the agent's throttle/config.py (as module_utils), nothing else of the agent."""
+    assert mod.build_config.__module__ == "ansible.module_utils.bittrader_node_agent.throttle.config"
+    source = (REPO / "library" / "ray_throttle_daemon.py").read_text()
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert [line for line in imports if "bittrader" in line] == [
+        "from ansible.module_utils.bittrader_node_agent.throttle.config import ("
+    ]
+    config_source = (REPO / "node_agent/src/bittrader_node_agent/throttle/config.py").read_text()
+    assert "from ." not in config_source and "import bittrader" not in config_source
+    for package in ("__init__.py", "throttle/__init__.py"):
+        text = (REPO / "node_agent/src/bittrader_node_agent" / package).read_text()
+        assert not [line for line in text.splitlines() if line.startswith(("import ", "from "))], package
 
 
 def test_installed_script_runs(capsys, node):
@@ -207,10 +232,11 @@ def test_installed_script_runs(capsys, node):
 
 
 def test_through_ansiballz(tmp_path):
-    """The real path: ansible builds the AnsiballZ payload (module + module_utils zip) and runs it; the
-    script it writes must be this repository's module_utils file, byte for byte."""
+    """The real path: ansible builds the AnsiballZ payload (module + the agent's throttle/config.py as
+    module_utils) and runs it; the configuration it writes is the one the daemon reads."""
     venv = tmp_path / "node" / "venv"
     (venv / "bin").mkdir(parents=True)
+    console_script(venv / "bin" / "bittrader-throttle", ENTRY)
     args = json.dumps(
         {
             "venv": str(venv),
@@ -250,5 +276,6 @@ def test_through_ansiballz(tmp_path):
         env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    script = venv / "bin" / "bittrader-throttle"
-    assert script.read_bytes() == f"#!{venv / 'bin' / 'python'}\n".encode() + SOURCE
+    config = tmp_path / "node" / "throttle.json"
+    assert config.read_text() == bt.render_config(json.loads(config.read_text()))
+    assert bt.load_config(str(config)).policy.cpus_idle == 2

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
 
-import ansible.module_utils
 import pytest
+from agent_throttle import bt
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "module_utils") not in list(ansible.module_utils.__path__):
-    ansible.module_utils.__path__.append(str(REPO / "module_utils"))
-bt = importlib.import_module("ansible.module_utils.bittrader_throttle")
 
 ACTIVE, IDLE, BATTERY = bt.Mode.ACTIVE, bt.Mode.IDLE, bt.Mode.BATTERY
 

@@ -1,4 +1,4 @@
-"""The on-node check of Linux and macOS nodes (roles/ray_node/files/bittrader_verify.py and its wrapper
+"""The on-node check of Linux and macOS nodes (node_agent/src/bittrader_node_agent/verify.py and its wrapper
 templates/verify_worker.sh.j2), run here against stand-ins: a fake systemctl and launchctl, a TCP
 listener for the head's GCS port, a fake Ray distribution, and the node's files in a temporary folder."""
 
@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_throttle import console_script
 from ansible_render import render, role_defaults
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 import bittrader_preflight
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "roles/ray_node/files/bittrader_verify.py"
+SRC = str(REPO / "node_agent/src")
+ENTRY = "bittrader_node_agent.verify:main"
 
 
 @pytest.fixture
@@ -77,8 +79,8 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[int, dict[str, Any]]:
 def verify(
     config: Path, env: dict[str, str], manager: str = "systemd", service: str = "bittrader-ray-worker.service"
 ) -> tuple[int, dict[str, Any]]:
-    return run([sys.executable, "-B", str(SCRIPT), "--config", str(config), "--manager", manager,
-                "--service", service, "--json"], env)
+    return run([sys.executable, "-B", "-m", "bittrader_node_agent.verify", "--config", str(config), "--manager",
+                manager, "--service", service, "--json"], {**env, "PYTHONPATH": SRC})
 
 
 def test_a_healthy_worker(tmp_path: Path, head: int) -> None:
@@ -140,7 +142,7 @@ def test_the_wrapper_runs_the_check_with_the_nodes_python(tmp_path: Path, head: 
     base = tmp_path / "home/o'neil/.bittrader_worker"
     (base / "venv/bin").mkdir(parents=True)
     config = node(base, head)
-    (base / "venv/bin/bittrader-verify").write_text(SCRIPT.read_text())
+    console_script(base / "venv/bin/bittrader-verify", ENTRY)  # as pip installs the agent's wheel
     variables = {**role_defaults("cluster_facts", "ray_node"), "ansible_managed": "managed",
                  "ansible_facts": {"system": "Linux"}, "bittrader_base_dir": str(base),
                  "bittrader_venv_python": sys.executable, "bittrader_venv_dir": str(base / "venv"),

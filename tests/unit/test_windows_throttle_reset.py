@@ -1,7 +1,7 @@
-"""The throttle's `--reset` (module_utils/bittrader_throttle.py), which the Windows reset task runs at boot,
-after a sign-out and periodically: Windows ends the throttle without a signal (at sign-out, and when Task
-Scheduler stops its task), so the daemon's own clean-up never runs and Ray would stay throttled. Checked
-with the fakes of test_throttle_sources.py (processes, GCS helper output, clock)."""
+"""The throttle's `--reset` (node_agent/src/bittrader_node_agent/throttle/cli.py), which the Windows reset
+task runs at boot, after a sign-out and periodically: Windows ends the throttle without a signal (at
+sign-out, and when Task Scheduler stops its task), so the daemon's own clean-up never runs and Ray would
+stay throttled. Checked with the fakes of test_throttle_sources.py (processes, GCS helper output, clock)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+from test_throttle_daemon import NODE
 from test_throttle_sources import (
     FAKE_PSUTIL,
-    NODE,
     FakeProc,
     FakeRunner,
     FixedProcesses,
@@ -130,6 +130,12 @@ def test_only_a_daemon_of_the_same_configuration_counts_as_running() -> None:
     assert not bt.is_throttle_daemon([python, script, "--config", CONFIG_PATH, "--once"], CONFIG_PATH)
     assert not bt.is_throttle_daemon([python, script, "--config", "/other/throttle.json"], CONFIG_PATH)
     assert not bt.is_throttle_daemon([python, "other.py", "--config", CONFIG_PATH], CONFIG_PATH)
+    # The scheduled tasks run the package (`pythonw.exe -m bittrader_node_agent.throttle`).
+    module = ["-m", "bittrader_node_agent.throttle"]
+    assert bt.is_throttle_daemon([python, *module, "--config", CONFIG_PATH], CONFIG_PATH)
+    assert not bt.is_throttle_daemon([python, *module, "--config", CONFIG_PATH, "--reset"], CONFIG_PATH)
+    assert not bt.is_throttle_daemon([python, "-m", "bittrader_node_agent.supervisor", "--config", CONFIG_PATH],
+                                     CONFIG_PATH)
 
     def proc(pid: int, user: str, cmdline: list[str]) -> SimpleNamespace:
         return SimpleNamespace(pid=pid, info={"username": user}, cmdline=lambda: cmdline)

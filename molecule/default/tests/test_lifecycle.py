@@ -56,8 +56,8 @@ def health_check(head: Any) -> dict[str, Any]:
     """Run one health check now, as the timer's service does, and return the latest record. (Not
     `systemctl start`: while the timer's own run is under way that only waits for it, and its record
     may predate what the test waits for.)"""
-    res = head.run(as_user([f"{HEAD_BASE}/venv/bin/python", f"{HEAD_BASE}/bin/bittrader-health", "check", "--quiet",
-                            "--config", f"{HEAD_BASE}/health.json"]))
+    res = head.run(as_user([f"{HEAD_BASE}/venv/bin/python", f"{HEAD_BASE}/venv/bin/bittrader-health", "check",
+                            "--quiet", "--config", f"{HEAD_BASE}/health.json"]))
     assert res.rc == 0, res.stderr
     status = head.run(as_user([f"{HEAD_BASE}/bin/bittrader-status", "--json"]))
     record: dict[str, Any] = json.loads(status.stdout)
@@ -180,7 +180,8 @@ def test_remove_worker_while_a_job_runs(host) -> None:  # type: ignore[no-untype
 
 
 def test_add_the_worker_back_with_limit(host) -> None:  # type: ignore[no-untyped-def]
-    files = " ".join(f"{HEAD_BASE}/{f}" for f in ("node.json", "auth_token", "health.json", "bin/bittrader-health"))
+    files = " ".join(f"{HEAD_BASE}/{f}"
+                     for f in ("node.json", "auth_token", "health.json", "venv/bin/bittrader-health"))
     before = host.run(f"md5sum {files} /etc/systemd/system/bittrader-ray-head.service; "
                       "systemctl show -p ActiveEnterTimestampMonotonic bittrader-ray-head").stdout
     started = time.monotonic()

@@ -34,8 +34,19 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from .common import (
+    EX_CONFIG,
+    config_error,
+    fresh_logger,
+    load_json_config,
+    read_json_object,
+    rotating_handler,
+    write_json_atomic,
+)
+
+__all__ = ["EX_CONFIG", "main"]
+
 QUICK_FAILURE_S = 60.0
-EX_CONFIG = 78
 WATCH_INTERVAL_S = 2.0
 # Seconds `ray start` gets to exit after the watchdog's SIGTERM before it is killed.
 KILL_AFTER_S = 20.0
@@ -70,13 +81,7 @@ def wait_while_held(path: Path, poll_s: float = 2.0) -> bool:
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as handle:
-        config: dict[str, Any] = json.load(handle)
-    keys = ("ray", "start_args", "env", "log_file", "error_log_file", "state_file", "temp_dir")
-    missing = [k for k in keys if k not in config]
-    if missing:
-        raise ValueError(f"{path}: missing keys {', '.join(missing)}")
-    return config
+    return load_json_config(path, ("ray", "start_args", "env", "log_file", "error_log_file", "state_file", "temp_dir"))
 
 
 def desired_num_cpus(config: dict[str, Any]) -> int | None:
@@ -123,19 +128,12 @@ def record_exit(state: dict[str, Any], started: float, ended: float, code: int) 
     }
 
 
-def read_state(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+read_state = read_json_object
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
     try:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, state)
     except OSError as exc:
         print(f"bittrader-node: cannot write {path}: {exc}", file=sys.stderr, flush=True)
 
@@ -175,15 +173,10 @@ class LogFile(logging.handlers.RotatingFileHandler):
 def file_logger(name: str, path: str, max_bytes: int, backups: int) -> logging.Logger | None:
     """A size-rotated file logger; when the file cannot be written, a clear message and a logger that
     tries the file again at each line."""
-    logger = logging.getLogger(name)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    logger = fresh_logger(name)
+    handler: LogFile
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handler = LogFile(path, maxBytes=max_bytes, backupCount=backups)
+        handler = rotating_handler(path, max_bytes, backups, handler_class=LogFile)  # type: ignore[assignment]
     except OSError as exc:
         print(
             f"bittrader-node: ERROR: cannot write the log file {path}: {exc}. "
@@ -192,9 +185,8 @@ def file_logger(name: str, path: str, max_bytes: int, backups: int) -> logging.L
             file=sys.stderr,
             flush=True,
         )
-        handler = LogFile(path, maxBytes=max_bytes, backupCount=backups, delay=True)
+        handler = rotating_handler(path, max_bytes, backups, handler_class=LogFile, delay=True)  # type: ignore[assignment]
         handler.reported = True
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(handler)
     return logger
 
@@ -484,8 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except (OSError, ValueError) as exc:
-        print(f"bittrader-node: ERROR: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return config_error("bittrader-node", exc)
     if args.verb == "status":
         return status(config)
     if args.verb == "stop":

@@ -22,6 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .common import load_json_config
+
+__all__ = ["main"]
+
 # What Ray logs when the head refuses a node's token (seen: InvalidAuthToken on a worker without the
 # token; "GCS returned an authentication error" on a worker after the head's restart; Unauthorized from
 # the job API).
@@ -168,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        with args.config.open(encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = load_json_config(args.config)
     except (OSError, ValueError) as exc:
         print(f"verify_worker: cannot read {args.config}: {exc}", file=sys.stderr)
         return 2

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import logging.handlers
 import os
 import sys
 import time
@@ -29,16 +27,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-EX_CONFIG = 78
+from .common import (
+    EX_CONFIG,
+    config_error,
+    fresh_logger,
+    load_json_config,
+    read_json_object,
+    rotating_handler,
+    write_json_atomic,
+)
+
+__all__ = ["EX_CONFIG", "main"]
+
 REQUIRED = ("address", "expected", "log_file", "state_file")
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as handle:
-        config: dict[str, Any] = json.load(handle)
-    missing = [key for key in REQUIRED if key not in config]
-    if missing:
-        raise ValueError(f"{path}: missing keys {', '.join(missing)}")
+    config = load_json_config(path, REQUIRED)
     for host in config["expected"]:
         if not isinstance(host, dict) or "name" not in host or "ip" not in host:
             raise ValueError(f"{path}: each expected host needs name and ip, got {host!r}")
@@ -241,32 +246,15 @@ def status_text(state: dict[str, Any], now: float, interval_s: float) -> tuple[s
     return "\n".join(lines), code
 
 
-def read_state(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+read_state = read_json_object
+write_state = write_json_atomic
 
 
 def append_log(config: dict[str, Any], lines: list[str]) -> None:
     """Append lines to the size-rotated health log."""
-    path = Path(config["log_file"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(
-        path, maxBytes=int(config.get("log_max_bytes", 10 * 1024 * 1024)),
-        backupCount=int(config.get("log_backups", 5)), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("bittrader.health")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
+    handler = rotating_handler(config["log_file"], int(config.get("log_max_bytes", 10 * 1024 * 1024)),
+                               int(config.get("log_backups", 5)), fmt="%(message)s")
+    logger = fresh_logger("bittrader.health")
     logger.addHandler(handler)
     try:
         for line in lines:
@@ -306,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except (OSError, ValueError) as exc:
-        print(f"bittrader-health: ERROR: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return config_error("bittrader-health", exc)
     if args.verb == "check":
         record = check(config)
         if not args.quiet:

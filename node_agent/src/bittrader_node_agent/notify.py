@@ -19,7 +19,6 @@ text passed as arguments, never pasted into the script. Standard library only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -29,6 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .common import config_error, load_json_config, read_json_line
+
+__all__ = ["main"]
 
 JOINED = "joined"
 LOST_HEAD = "lost_head"
@@ -96,20 +99,7 @@ def classify(line: str) -> tuple[str, str] | None:
 
 def read_status(path: str | None) -> dict[str, Any] | None:
     """The throttle's last status line, or None when there is none (yet)."""
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read().strip().splitlines()
-    except OSError:
-        return None
-    if not text:
-        return None
-    try:
-        data = json.loads(text[-1])
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_line(path, last=True)
 
 
 def throttle_message(status: dict[str, Any]) -> str:
@@ -211,10 +201,7 @@ SUBTITLES = {JOINED: "Worker joined", LOST_HEAD: "Head lost", THROTTLE: "Throttl
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as handle:
-        config: dict[str, Any] = json.load(handle)
-    if "log_file" not in config:
-        raise ValueError(f"{path}: missing key log_file")
+    config = load_json_config(path, ("log_file",))
     unknown = [e for e in config.get("events", EVENTS) if e not in EVENTS]
     if unknown:
         raise ValueError(f"{path}: unknown events {', '.join(unknown)}")
@@ -253,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except (OSError, ValueError) as exc:
-        print(f"bittrader-notify: ERROR: {exc}", file=sys.stderr)
-        return 78
+        return config_error("bittrader-notify", exc)
     if args.test:
         ok = notify(
             str(config.get("osascript", "/usr/bin/osascript")),
