@@ -10,22 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 
 import bittrader as f
+from ansible_render import role_defaults
 
-DEFAULT_PORTS = {
-    "gcs": 6379,
-    "client_server": 10001,
-    "dashboard": 8265,
-    "autoscaler_metrics": 44217,
-    "dashboard_metrics": 44227,
-    "node_manager": 8076,
-    "object_manager": 8077,
-    "dashboard_agent_grpc": 8078,
-    "runtime_env_agent": 8079,
-    "metrics_export": 8080,
-    "dashboard_agent_listen": 52365,
-    "min_worker": 10002,
-    "max_worker": 10299,
-}
+DEFAULT_PORTS = role_defaults("cluster_facts")["bittrader_ports"]  # Ray's pinned ports, as the roles default them
 
 
 @pytest.mark.parametrize(
