@@ -727,8 +727,8 @@ def down_containers(lab: Lab) -> None:
 
 
 def down(lab: Lab) -> None:
-    for host in lab.hosts:
-        run(["podman", "rm", "-f", "-t", "5", host.name], check=False)
+    """Remove the containers (in one podman call: their systemd stops in parallel) and the network."""
+    run(["podman", "rm", "-f", "-t", "5", *(host.name for host in lab.hosts)], check=False)
     run(["podman", "network", "rm", "-f", lab.network], check=False)
 
 

@@ -149,7 +149,7 @@ def test_molecule_creates_its_hosts_with_the_labs_tool_on_its_own_network(monkey
 
 def test_molecule_destroys_exactly_its_hosts_and_network(monkeypatch: pytest.MonkeyPatch) -> None:
     runs, _ = made_hosts(monkeypatch, create_argv(monkeypatch, "destroy.yml"))
-    assert runs == [*[["podman", "rm", "-f", "-t", "5", p["name"]] for p in molecule_config()["platforms"]],
+    assert runs == [["podman", "rm", "-f", "-t", "5", *(p["name"] for p in molecule_config()["platforms"])],
                     ["podman", "network", "rm", "-f", "bittrader-molecule"]]
 
 
