@@ -23,6 +23,9 @@ podman containers on a network of their own. Verbs:
                stopped; per-evaluation times, the efficiency ceiling of this machine and Ray's idle
                cost; `./lab ceiling -- CANDLES PARAMS` (297000 24); writes results/ceiling.json
     down       remove the lab's containers and network
+    hosts-up, hosts-down
+               make (or remove) test hosts on a network of their own: the lab's by default; Molecule's
+               create.yml and destroy.yml call them with --network, --subnet, --label and --host NAME=IP
 
 Called through ./lab (which prepares the controller's virtual environment first).
 """
@@ -73,7 +76,7 @@ class LabHost:
 
     @property
     def mac(self) -> str:
-        """A fixed MAC address made from the IP (as molecule/default/create.yml does): a real NIC keeps
+        """A fixed MAC address made from the IP (the lab's and Molecule's hosts alike): a real NIC keeps
         its MAC, while podman would draw a new one at each start, which other nodes' ARP caches miss
         for seconds."""
         return mac_for(self.ip)
@@ -105,6 +108,15 @@ class Lab:
     # Like a real host's systemd: NET_ADMIN for the nodes' firewall (nftables), SYS_ADMIN for the Ray
     # unit's sandboxing (ProtectSystem=strict needs mount namespaces).
     cap_add: tuple[str, ...] = ("NET_ADMIN", "SYS_ADMIN")
+    label: str = "project=bittrader-lab"  # Molecule's hosts carry owner=molecule
+
+
+def lab_from_args(network: str | None, subnet: str | None, hosts: list[str], label: str | None) -> Lab:
+    """The lab's hosts, or other test hosts (Molecule's): each given part replaces the lab's."""
+    lab, made = Lab(), tuple(LabHost(*spec.partition("=")[::2]) for spec in hosts)
+    if any(not h.name or not h.ip for h in made):
+        raise SystemExit(f"--host takes NAME=IP: {hosts}")
+    return Lab(network or lab.network, subnet or lab.subnet, made or lab.hosts, label=label or lab.label)
 
 
 def cache_dir() -> Path:
@@ -274,7 +286,7 @@ def up_containers(lab: Lab) -> None:
             "podman", "run", "-d", "--name", host.name, "--hostname", host.name,
             "--network", lab.network, "--ip", host.ip, "--mac-address", host.mac,
             "--systemd=always",
-            f"--shm-size={lab.shm_size}", "--label", "project=bittrader-lab", "--volume", ssh_mount(),
+            f"--shm-size={lab.shm_size}", "--label", lab.label, "--volume", ssh_mount(),
             *[f"--cap-add={cap}" for cap in lab.cap_add],
             IMAGE, "/sbin/init",
         ])
@@ -715,8 +727,8 @@ def down_containers(lab: Lab) -> None:
 
 
 def down(lab: Lab) -> None:
-    for host in lab.hosts:
-        run(["podman", "rm", "-f", "-t", "5", host.name], check=False)
+    """Remove the containers (in one podman call: their systemd stops in parallel) and the network."""
+    run(["podman", "rm", "-f", "-t", "5", *(host.name for host in lab.hosts)], check=False)
     run(["podman", "network", "rm", "-f", lab.network], check=False)
 
 
@@ -725,12 +737,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "verb",
         choices=["image", "up", "converge", "verify", "smoke", "benchmark", "optimize", "timings", "profile", "ceiling",
-                 "down"],
+                 "down", "hosts-up", "hosts-down"],
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the image even if cached")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments")
     args = parser.parse_args(argv)
     lab = Lab()
+    if args.verb.startswith("hosts-"):  # other test hosts than the lab's (Molecule's)
+        hosts = argparse.ArgumentParser(prog=f"lab.py {args.verb}")
+        hosts.add_argument("--network", help="the podman network (default: the lab's)")
+        hosts.add_argument("--subnet", help="the network's subnet (default: the lab's)")
+        hosts.add_argument("--label", help="the containers' label KEY=VALUE (default: the lab's)")
+        hosts.add_argument("--host", action="append", default=[], help="NAME=IP, repeated (default: the lab's)")
+        opts = hosts.parse_args([a for a in args.extra if a != "--"])
+        lab = lab_from_args(opts.network, opts.subnet, opts.host, opts.label)
     started = time.monotonic()
     if args.verb == "image":
         build_image(force=args.rebuild)
@@ -760,8 +780,10 @@ def main(argv: list[str] | None = None) -> int:
         candles = int(extra[0]) if extra else 297000
         params = int(extra[1]) if len(extra) > 1 else 24
         ceiling(lab, candles, params, REPO / "results" / "ceiling.json")
-    elif args.verb == "down":
+    elif args.verb == "down" or args.verb == "hosts-down":
         down(lab)
+    elif args.verb == "hosts-up":
+        up_containers(lab)
 
     print(f"lab {args.verb}: {time.monotonic() - started:.1f} s")
     return 0

@@ -31,6 +31,7 @@ from conftest import (
     IPS,
     PREFLIGHT_PLAY,
     RECORDS,
+    REPO,
     SHM_BYTES,
     SUDO_GROUP_USER,
     WINDOWS_HOST,
@@ -48,21 +49,9 @@ from conftest import (
     shell_join,
 )
 
-DEFAULT_PORTS = {
-    "gcs": 6379,
-    "client_server": 10001,
-    "dashboard": 8265,
-    "autoscaler_metrics": 44217,
-    "dashboard_metrics": 44227,
-    "node_manager": 8076,
-    "object_manager": 8077,
-    "dashboard_agent_grpc": 8078,
-    "runtime_env_agent": 8079,
-    "metrics_export": 8080,
-    "dashboard_agent_listen": 52365,
-    "min_worker": 10002,
-    "max_worker": 10299,
-}
+# Ray's pinned ports as the roles default them (one place: roles/cluster_facts/defaults/main.yml).
+DEFAULTS = yaml.safe_load((REPO / "roles/cluster_facts/defaults/main.yml").read_text())
+DEFAULT_PORTS: dict[str, int] = DEFAULTS["bittrader_ports"]
 # The containers see the machine's CPUs and memory.
 HOST_CPUS = os.cpu_count() or 2
 HOST_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -13,22 +13,9 @@ import bittrader_basics
 import bittrader_network
 import bittrader_versions
 from filter_modules import all_filters
+from ansible_render import role_defaults
 
-DEFAULT_PORTS = {
-    "gcs": 6379,
-    "client_server": 10001,
-    "dashboard": 8265,
-    "autoscaler_metrics": 44217,
-    "dashboard_metrics": 44227,
-    "node_manager": 8076,
-    "object_manager": 8077,
-    "dashboard_agent_grpc": 8078,
-    "runtime_env_agent": 8079,
-    "metrics_export": 8080,
-    "dashboard_agent_listen": 52365,
-    "min_worker": 10002,
-    "max_worker": 10299,
-}
+DEFAULT_PORTS = role_defaults("cluster_facts")["bittrader_ports"]  # Ray's pinned ports, as the roles default them
 
 
 @pytest.mark.parametrize(

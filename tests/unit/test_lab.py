@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -45,6 +46,23 @@ def inventory_hosts() -> dict[str, dict[str, object]]:
     return found
 
 
+def molecule_config() -> dict[str, Any]:
+    """What every Molecule scenario shares (platforms, provisioner, verifier), with the project's path."""
+    text = (REPO / ".config/molecule/config.yml").read_text().replace("${MOLECULE_PROJECT_DIRECTORY}", str(REPO))
+    return dict(yaml.safe_load(text))
+
+
+def create_argv(monkeypatch: pytest.MonkeyPatch, playbook: str = "create.yml") -> list[str]:
+    """The command molecule/default/create.yml (or destroy.yml) runs, rendered as Ansible would."""
+    monkeypatch.setenv("MOLECULE_PROJECT_DIRECTORY", str(REPO))
+    play = yaml.safe_load((REPO / "molecule/default" / playbook).read_text())[0]
+    variables: dict[str, Any] = {"molecule_yml": molecule_config(), "ansible_playbook_python": sys.executable}
+    for name, value in (play.get("vars") or {}).items():
+        variables[name] = render_value(value, variables)
+    (task,) = play["tasks"]
+    return [str(a) for a in render_value(task["ansible.builtin.command"]["argv"], variables)]
+
+
 def test_lab_containers_match_the_lab_inventory() -> None:
     hosts = inventory_hosts()
     the_lab = lab.Lab()
@@ -62,10 +80,9 @@ def test_lab_gives_ray_no_more_cpus_than_a_two_core_machine() -> None:
 def test_lab_and_molecule_addresses_lie_in_the_lab_cidr() -> None:
     group_vars = yaml.safe_load((REPO / "inventory/lab/group_vars/all.yml").read_text())
     cidr = ipaddress.ip_network(group_vars["bittrader_cluster_cidr"])
-    molecule = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())
-    for platform in molecule["platforms"]:
+    for platform in molecule_config()["platforms"]:
         assert ipaddress.ip_address(platform["ip"]) in cidr
-        host_vars = yaml.safe_load((REPO / "molecule/default/host_vars" / f"{platform['name']}.yml").read_text())
+        host_vars = yaml.safe_load((REPO / "molecule/shared/host_vars" / f"{platform['name']}.yml").read_text())
         assert host_vars["bittrader_node_ip"] == platform["ip"]
     for host in lab.Lab().hosts:
         assert ipaddress.ip_address(host.ip) in cidr
@@ -81,20 +98,68 @@ def test_lab_inventory_reaches_the_nodes_over_ssh_as_the_images_login() -> None:
     assert "pipelining = True" in cfg
 
 
-def test_molecule_reaches_its_nodes_over_ssh_with_the_labs_settings() -> None:
-    molecule = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())
-    provisioner = molecule["provisioner"]
+def test_molecule_reaches_its_nodes_over_ssh_with_the_labs_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    provisioner = molecule_config()["provisioner"]
     # The podman driver writes ansible_connection as a host variable; connection_options replaces it,
     # and the linked lab group_vars give the rest (address, login, key).
     assert provisioner["connection_options"]["ansible_connection"] == "ansible.builtin.ssh"
     linked = (REPO / "molecule/default" / provisioner["inventory"]["links"]["group_vars"]).resolve()
     assert linked == (REPO / "inventory/lab/group_vars").resolve()
     assert (linked / "ray_cluster.yml").is_file()
-    create = yaml.safe_load((REPO / "molecule/default/create.yml").read_text())
-    tasks = {t["name"]: t for t in create[0]["tasks"]}
-    mounts = tasks["Start the systemd containers"]["containers.podman.podman_container"]["volume"]
-    assert mounts == [f"{{{{ create_ssh_key }}}}.pub:/home/{lab.SSH_USER}/.ssh/authorized_keys:ro"]
-    assert tasks["Wait until each node's SSH server answers"]["ansible.builtin.wait_for"]["port"] == 22
+    # Molecule's hosts are made by the lab's own code: the lab's SSH login mounted, SSH awaited.
+    runs, waits = made_hosts(monkeypatch, create_argv(monkeypatch))
+    mounts = [r[r.index("--volume") + 1] for r in runs if r[:2] == ["podman", "run"]]
+    assert mounts == [lab.ssh_mount()] * 3
+    assert mounts[0] == f"{lab.ssh_key()}.pub:/home/{lab.SSH_USER}/.ssh/authorized_keys:ro"
+    assert waits == [(p["ip"], 22) for p in molecule_config()["platforms"]]
+
+
+def made_hosts(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> tuple[list[list[str]], list[tuple[str, int]]]:
+    """Run tools/lab.py as argv does, with podman and the waits recorded: podman commands, awaited ports."""
+    assert argv[1] == str(REPO / "tools/lab.py"), argv
+    runs: list[list[str]] = []
+    waits: list[tuple[str, int]] = []
+
+    def fake_run(cmd: list[str], check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+        runs.append(cmd)
+        missing = cmd[1:3] in (["network", "exists"], ["container", "exists"])  # fresh hosts
+        return subprocess.CompletedProcess(cmd, 1 if missing else 0)
+
+    monkeypatch.setattr(lab, "run", fake_run)
+    monkeypatch.setattr(lab, "wait_for_systemd", lambda name: None)
+    monkeypatch.setattr(lab, "wait_for_port", lambda ip, port: waits.append((ip, port)) or 0.0)
+    monkeypatch.setattr(lab, "ssh_key", lambda: Path("/cache/ssh/id_ed25519"))
+    assert lab.main(argv[2:]) == 0
+    return runs, waits
+
+
+def test_molecule_creates_its_hosts_with_the_labs_tool_on_its_own_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    platforms = molecule_config()["platforms"]
+    runs, _ = made_hosts(monkeypatch, create_argv(monkeypatch))
+    assert ["podman", "network", "create", "--subnet", "10.89.77.0/24", "bittrader-molecule"] in runs
+    started = [r for r in runs if r[:2] == ["podman", "run"]]
+    assert [r[r.index("--name") + 1] for r in started] == [p["name"] for p in platforms]
+    for run, platform in zip(started, platforms, strict=True):
+        assert run[run.index("--ip") + 1] == platform["ip"] and run[run.index("--network") + 1] == platform["network"]
+        assert run[run.index("--label") + 1] == "owner=molecule"
+        assert run[-2:] == [platform["image"], platform["command"]]
+        assert "--systemd=always" in run and "--cap-add=NET_ADMIN" in run and "--cap-add=SYS_ADMIN" in run
+    assert ipaddress.ip_address(platforms[0]["ip"]) in ipaddress.ip_network("10.89.77.0/24")
+
+
+def test_molecule_destroys_exactly_its_hosts_and_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs, _ = made_hosts(monkeypatch, create_argv(monkeypatch, "destroy.yml"))
+    assert runs == [["podman", "rm", "-f", "-t", "5", *(p["name"] for p in molecule_config()["platforms"])],
+                    ["podman", "network", "rm", "-f", "bittrader-molecule"]]
+
+
+def test_the_lab_verbs_make_the_labs_own_hosts_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs, waits = made_hosts(monkeypatch, ["python", str(REPO / "tools/lab.py"), "hosts-up"])
+    assert ["podman", "network", "create", "--subnet", "10.89.42.0/24", "bittrader-lab"] in runs
+    assert [r[r.index("--label") + 1] for r in runs if r[:2] == ["podman", "run"]] == ["project=bittrader-lab"] * 3
+    assert waits == [(h.ip, 22) for h in lab.Lab().hosts]
+    with pytest.raises(SystemExit, match="NAME=IP"):
+        lab.lab_from_args(None, None, ["no-address"], None)
 
 
 def test_image_layer_has_sshd_per_container_host_keys_and_a_sudo_login() -> None:
@@ -369,18 +434,16 @@ def test_ceiling_writes_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert report["efficiency_ceiling"] == round(1.0 / 1.1, 3) and report["candles"] == 1000
 
 
-def test_every_test_node_keeps_one_mac_address_made_from_its_ip() -> None:
+def test_every_test_node_keeps_one_mac_address_made_from_its_ip(monkeypatch: pytest.MonkeyPatch) -> None:
     """A restarted or reconnected container must come back with its MAC, or the other nodes' ARP
     entries point at the old one for about 8 s (seen: worker2 could not reach worker1 after a cut)."""
     assert lab.mac_for("10.89.77.11") == "02:42:0a:59:4d:0b"
     macs = [h.mac for h in lab.Lab().hosts]
     assert len(set(macs)) == len(macs)
-    create = yaml.safe_load((REPO / "molecule/default/create.yml").read_text())
-    tasks = {t["name"]: t for t in create[0]["tasks"]}
-    template = tasks["Start the systemd containers"]["containers.podman.podman_container"]["mac_address"]
-    molecule = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())
-    for platform in molecule["platforms"]:
-        assert render_value(template, {"item": platform}) == lab.mac_for(platform["ip"])
+    runs, _ = made_hosts(monkeypatch, create_argv(monkeypatch))
+    started = [r for r in runs if r[:2] == ["podman", "run"]]
+    for run, platform in zip(started, molecule_config()["platforms"], strict=True):
+        assert run[run.index("--mac-address") + 1] == lab.mac_for(platform["ip"])
 
 
 def test_optimize_verb_runs_the_optimize_playbook_with_the_extra_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,3 +453,19 @@ def test_optimize_verb_runs_the_optimize_playbook_with_the_extra_arguments(monke
     assert calls == [("playbooks/optimize.yml", "-e", "optimize_trials=12")]
     script = (REPO / "lab").read_text(encoding="utf-8")
     assert "|optimize|" in script  # ./lab passes the verb on to tools/lab.py
+
+
+def test_lab_test_runs_every_molecule_scenario_once_default_first_and_uninstall_last() -> None:
+    """The order is the test command's (molecule test -s A -s B runs them as named), not file names."""
+    script = (REPO / "lab").read_text(encoding="utf-8")
+    (line,) = [x for x in script.splitlines() if x.startswith("MOLECULE_SCENARIOS=")]
+    named = line.split("=", 1)[1].strip('"').split()
+    scenarios = sorted(p.parent.name for p in (REPO / "molecule").glob("*/molecule.yml"))
+    assert sorted(named) == scenarios and len(set(named)) == len(named)
+    assert named[0] == "default" and named[-1] == "uninstall"
+    assert "molecule test $(printf -- '-s %s ' $MOLECULE_SCENARIOS)" in script
+    assert molecule_config()["shared_state"] is True
+    for name in scenarios:  # each runnable alone: default's create and destroy run around it
+        sequence = yaml.safe_load((REPO / "molecule" / name / "molecule.yml").read_text())["scenario"]["test_sequence"]
+        assert sequence[0] == "create" and sequence[-1] == "destroy" and "verify" in sequence, (name, sequence)
+        assert any((REPO / "molecule" / name / "tests").glob("test_*.py")), name

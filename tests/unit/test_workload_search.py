@@ -1,6 +1,6 @@
 """The search mode (workload/bittrader_workload/search.py): its space, budget, ledger and resume
 bookkeeping, table and plot data, and the command line; the plot drawn by report.py. Pure parts
-only: the search itself on a cluster is tested in molecule/default/tests/test_optimize.py."""
+only: the search itself on a cluster is tested in molecule/workload/tests/test_optimize.py."""
 
 from __future__ import annotations
 

@@ -17,7 +17,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import HEAD, IPS, USER, WORKERS, as_user, base_dir, ray_temp_dir, wait_for_all_alive
+from conftest import (
+    GCS_ADDRESS,
+    HEAD,
+    HOME,
+    USER,
+    WORKERS,
+    as_user,
+    base_dir,
+    ray_temp_dir,
+    wait_for_all_alive,
+)
 
 WORKER = WORKERS[0]
 UNIT = "bittrader-ray-worker"
@@ -70,7 +80,7 @@ def second_ray(host: Any) -> Iterator[dict[str, Any]]:
              f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
              "--include-dashboard=false", "--num-cpus=1", f"--object-store-memory={80 * 1024 * 1024}",
              "--disable-usage-stats"]
-    res = host.run(as_user(start, {"PATH": f"{VENV}:/usr/bin:/bin", "HOME": f"/home/{USER}"}))
+    res = host.run(as_user(start, {"PATH": f"{VENV}:/usr/bin:/bin", "HOME": HOME}))
     assert res.rc == 0, (res.stdout + res.stderr)[-3000:]
     pids = pids_of(host, OTHER_TMP)
     assert pids, "the second Ray started no process naming its temp folder"
@@ -120,13 +130,13 @@ def test_a_second_ray_of_the_account_survives_the_supervisors_restart(host: Any,
 def test_a_plain_ray_init_of_the_account_does_not_attach_to_the_node(host: Any, second_ray: dict[str, Any]) -> None:
     """With the node and a second Ray running, a bare ray.init() as the service account starts its own
     local Ray: it connects neither to the cluster's GCS nor to the second Ray's."""
-    env = {"PATH": f"{VENV}:/usr/bin:/bin", "HOME": f"/home/{USER}"}
+    env = {"PATH": f"{VENV}:/usr/bin:/bin", "HOME": HOME}
     res = host.run("cd /tmp && " + as_user([f"{VENV}/python", "-c", PLAIN_INIT], env))
     assert res.rc == 0, (res.stdout + res.stderr)[-3000:]
     line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))
     got = json.loads(line.removeprefix("RESULT "))
     print(f"\nplain ray.init(): {got}")
-    assert got["gcs"] not in {f"{IPS[HEAD]}:6379", f"127.0.0.1:{second_ray['gcs']}"}, got
+    assert got["gcs"] not in {f"{GCS_ADDRESS}", f"127.0.0.1:{second_ray['gcs']}"}, got
     assert got["nodes"] == 1, got
     assert not got["session"].startswith(ray_temp_dir(WORKER)), got
     assert not got["session"].startswith(OTHER_TMP), got

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ALL_HOSTS, HEAD, USER, base_dir, ray_temp_dir
+from conftest import ALL_HOSTS, HEAD, PORTS, PYTHON, RAY_VERSION, USER, base_dir, ray_temp_dir
 
 testinfra_hosts = ALL_HOSTS
 
-NODE_PORTS = [8076, 8077, 8078, 52365, 8080, 8079]
-HEAD_PORTS = [6379, 8265, 10001]
+NODE_PORTS = [PORTS[k] for k in ("node_manager", "object_manager", "dashboard_agent_grpc", "dashboard_agent_listen",
+                               "metrics_export", "runtime_env_agent")]
+HEAD_PORTS = [PORTS[k] for k in ("gcs", "dashboard", "client_server")]
 
 
 def name_of(host) -> str:  # type: ignore[no-untyped-def]
@@ -71,7 +72,7 @@ def test_venv_has_pinned_packages(host, pkg: str) -> None:  # type: ignore[no-un
     res = host.run(f"{py} -c 'import importlib.metadata as m; print(m.version(\"{pkg}\"))'")
     assert res.rc == 0
     if pkg == "ray":
-        assert res.stdout.strip() == "2.60.0"
+        assert res.stdout.strip() == RAY_VERSION
 
 
 def test_the_on_node_check_reports_a_healthy_node(host) -> None:  # type: ignore[no-untyped-def]
@@ -84,5 +85,5 @@ def test_the_on_node_check_reports_a_healthy_node(host) -> None:  # type: ignore
     assert res.rc == 0, res.stdout + res.stderr
     found = json.loads(res.stdout)
     assert found["healthy"] and found["service_state"] == "running" and found["head_reachable"], found
-    assert found["ray"] == "2.60.0" and found["python"] == "3.11.2"
+    assert found["ray"] == RAY_VERSION and found["python"] == PYTHON
     assert found["service"] == f"{unit_of(host)}.service" and found["auth_refused"] == []

@@ -26,7 +26,9 @@ from conftest import (
     CPUS,
     HEAD,
     HEAD_BASE,
+    HOME,
     IPS,
+    JOB_API,
     REPO,
     TOKEN_ENV,
     USER,
@@ -41,7 +43,6 @@ from conftest import (
 testinfra_hosts = [f"podman://{HEAD}"]
 VENV_PY = f"{HEAD_BASE}/venv/bin/python"
 RAY_TMP = ray_temp_dir(HEAD)
-HOME = f"/home/{USER}"
 # The smoke size must finish within 2 minutes (playbook included) on a quiet machine; a loaded
 # developer machine may raise the limit.
 SMOKE_LIMIT_S = float(os.environ.get("BITTRADER_TEST_SMOKE_LIMIT_S", "120"))
@@ -277,7 +278,7 @@ def test_code_folders_and_pinned_checkout_reach_every_node(host, strategy: Strat
 def test_a_job_without_shipped_code_runs_each_nodes_own_code(host, strategy: Strategy) -> None:  # type: ignore[no-untyped-def]
     run = f"{HEAD_BASE}/jobs/nodecode-{uuid.uuid4().hex[:6]}"
     assert host.run(as_user(["mkdir", "-p", run])).rc == 0
-    submit = [f"{HEAD_BASE}/venv/bin/ray", "job", "submit", f"--address=http://{IPS[HEAD]}:8265",
+    submit = [f"{HEAD_BASE}/venv/bin/ray", "job", "submit", f"--address={JOB_API}",
               "--", VENV_PY, "-m", "bittrader_workload.job", "--no-ship-code", "--candles=5000", "--params=8",
               f"--results={run}/r.jsonl", f"--summary={run}/s.json", "--expect-nodes=2", "--quiet"]
     started = time.monotonic()

@@ -21,6 +21,9 @@ from conftest import (
     HEAD,
     HEAD_BASE,
     IPS,
+    JOB_API,
+    PYTHON,
+    RAY_VERSION,
     REPO,
     TOKEN_ENV,
     WORKERS,
@@ -39,7 +42,6 @@ WORKER = WORKERS[0]
 # The threshold the Molecule head's host_vars set (bittrader_health_missing_warn_s).
 WARN_AFTER_S = 15
 OTHER_RAY = os.environ.get("BITTRADER_TEST_OTHER_RAY", "2.59.0")
-PYTHON = "3.11.2"  # the lab's pinned Python (inventory/lab/group_vars)
 TIMES: dict[str, float] = {}
 
 
@@ -112,7 +114,7 @@ def test_remove_worker_while_a_job_runs(host) -> None:  # type: ignore[no-untype
     job = f"lifecycle-{int(time.time())}"
     out = f"{HEAD_BASE}/jobs/lifecycle/{job}"
     submit = host.run(as_user([
-        f"{HEAD_BASE}/venv/bin/ray", "job", "submit", f"--address=http://{IPS[HEAD]}:8265", f"--submission-id={job}",
+        f"{HEAD_BASE}/venv/bin/ray", "job", "submit", f"--address={JOB_API}", f"--submission-id={job}",
         f"--working-dir={code}", "--no-wait", "--", f"{HEAD_BASE}/venv/bin/python", "-m", "bittrader_workload.job",
         "--candles=40000", "--params=120", "--no-ship-code", "--quiet", f"--results={out}.jsonl",
         f"--summary={out}.json"], TOKEN_ENV))
@@ -218,7 +220,7 @@ def test_upgrade_with_a_host_that_cannot_take_it_switches_nothing(host) -> None:
     assert "Switch the cluster" not in res.stdout  # stopped before any switch
     assert service_stamps(list(IPS)) == stamps  # no node restarted
     assert {name: venv_state(name) for name in IPS} == venvs
-    assert set(ray_versions(host).values()) == {"2.60.0"}
+    assert set(ray_versions(host).values()) == {RAY_VERSION}
     print(f"upgrade.yml with a failing host stopped after {TIMES['upgrade.yml (failing host)']:.1f} s; "
           "nothing switched or restarted")
 
@@ -233,23 +235,23 @@ def test_upgrade_switches_to_another_release_and_back(host) -> None:  # type: ig
     assert set(ray_versions(host).values()) == {OTHER_RAY}
     for name in IPS:
         assert venv_state(name).endswith(f"-> '{base_dir(name)}/venvs/ray{OTHER_RAY}-py{PYTHON}'"), venv_state(name)
-    old = f"{base_dir(HEAD)}/venvs/ray2.60.0-py{PYTHON}"
+    old = f"{base_dir(HEAD)}/venvs/ray{RAY_VERSION}-py{PYTHON}"
     stamp = host.run(f"stat -c %Y {old}/pyvenv.cfg").stdout
 
     started = time.monotonic()
     res = playbook(str(REPO / "playbooks/upgrade.yml"))
-    TIMES["upgrade.yml back to 2.60.0"] = time.monotonic() - started
+    TIMES[f"upgrade.yml back to {RAY_VERSION}"] = time.monotonic() - started
     assert res.returncode == 0, tail(res)
-    assert set(ray_versions(host).values()) == {"2.60.0"}
+    assert set(ray_versions(host).values()) == {RAY_VERSION}
     assert host.run(f"stat -c %Y {old}/pyvenv.cfg").stdout == stamp  # the previous environment, reused
     for name in IPS:
-        assert venv_state(name).endswith(f"-> '{base_dir(name)}/venvs/ray2.60.0-py{PYTHON}'"), venv_state(name)
+        assert venv_state(name).endswith(f"-> '{base_dir(name)}/venvs/ray{RAY_VERSION}-py{PYTHON}'"), venv_state(name)
     wait_for_all_alive(host, timeout=120)
-    print(f"upgrade.yml to Ray {OTHER_RAY}: {TIMES[f'upgrade.yml to {OTHER_RAY}']:.1f} s; back to 2.60.0 "
-          f"(environment reused): {TIMES['upgrade.yml back to 2.60.0']:.1f} s")
+    print(f"upgrade.yml to Ray {OTHER_RAY}: {TIMES[f'upgrade.yml to {OTHER_RAY}']:.1f} s; back to {RAY_VERSION} "
+          f"(environment reused): {TIMES[f'upgrade.yml back to {RAY_VERSION}']:.1f} s")
 
 
-def test_zz_cluster_as_found_and_times(host) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_as_found_and_times(host) -> None:  # type: ignore[no-untyped-def]
     took = wait_for_all_alive(host, timeout=120)
     print("lifecycle times: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items())
           + f"; all nodes alive with their CPUs ({took:.1f} s)")

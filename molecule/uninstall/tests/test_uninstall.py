@@ -1,5 +1,6 @@
-"""Last: playbooks/uninstall.yml removes everything the roles installed, and a second run changes
-nothing. (Runs after the other tests; Molecule destroys the containers afterwards.)"""
+"""playbooks/uninstall.yml removes everything the roles installed, and a second run changes nothing.
+The uninstall scenario is the last one `./lab test` names (it leaves no cluster behind); Molecule
+destroys the containers afterwards."""
 
 from __future__ import annotations
 

@@ -27,7 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HEAD, HEAD_BASE, IPS, NET, PREFIX, REPO, USER, WORKERS, recap, run_playbook
+from conftest import (
+    GCS_ADDRESS,
+    HEAD,
+    HEAD_BASE,
+    IPS,
+    NET,
+    PORTS,
+    PREFIX,
+    RAY_VERSION,
+    REPO,
+    USER,
+    WORKERS,
+    recap,
+    run_playbook,
+)
 
 testinfra_hosts = [f"podman://{HEAD}"]
 
@@ -36,7 +50,7 @@ LAPTOP = f"{PREFIX}-laptop"
 LAPTOP_IP = f"{NET}.98"
 HEAD_IP = IPS[HEAD]
 VENV = "/opt/bittrader-client"
-RAY_PIN = "ray[default]==2.60.0"
+RAY_PIN = f"ray[default]=={RAY_VERSION}"
 
 PORT_PROBE = r"""
 import json, socket, sys
@@ -54,7 +68,8 @@ for ip, port in json.loads(sys.argv[1]):
 print(json.dumps(out))
 """
 # Every port of the head an admin might try, and a worker's raylet.
-RAY_PORTS = [(HEAD_IP, 6379), (HEAD_IP, 8265), (HEAD_IP, 10001), (HEAD_IP, 8076), (IPS[WORKERS[0]], 8076)]
+RAY_PORTS = [*[(HEAD_IP, PORTS[k]) for k in ("gcs", "dashboard", "client_server", "node_manager")],
+             (IPS[WORKERS[0]], PORTS["node_manager"])]
 
 
 def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -78,7 +93,7 @@ def wheelhouse() -> str | None:
     """The controller's wheel folder for these nodes (wheelhouse mode), which holds Ray and its deps."""
     root = os.environ.get("BITTRADER_WHEELHOUSE", "")
     for folder in sorted(glob.glob(os.path.join(root, "linux-x86_64-cp311-*"))) if root else []:
-        if glob.glob(os.path.join(folder, "ray-2.60.0-*.whl")):
+        if glob.glob(os.path.join(folder, f"ray-{RAY_VERSION}-*.whl")):
             return folder
     return None
 
@@ -145,7 +160,7 @@ def test_the_head_env_file_is_the_service_users_and_holds_no_token() -> None:
     assert stat == [USER, "600"]
     text = podman("exec", HEAD, "cat", f"{HEAD_BASE}/client.env").stdout
     assert head_token() not in text
-    assert f"export RAY_ADDRESS={HEAD_IP}:6379" in text
+    assert f"export RAY_ADDRESS={GCS_ADDRESS}" in text
     assert f"export RAY_AUTH_TOKEN_PATH={HEAD_BASE}/auth_token" in text
 
 
@@ -243,9 +258,10 @@ def test_direct_access_for_an_allowed_admin_address(client_files: dict[str, Any]
         assert res.returncode == 0, res.stdout[-3000:]
         got = probe(RAY_PORTS)
         print(f"\nlaptop in bittrader_firewall_admin_sources (firewall.yml {took:.1f} s):", got)
-        assert got[f"{HEAD_IP}:8265"] == "open" and got[f"{HEAD_IP}:10001"] == "open", got
-        assert got[f"{HEAD_IP}:6379"] == "timeout" and got[f"{HEAD_IP}:8076"] == "timeout", got
-        assert got[f"{IPS[WORKERS[0]]}:8076"] == "timeout", got
+        assert got[f"{HEAD_IP}:{PORTS['dashboard']}"] == "open", got
+        assert got[f"{HEAD_IP}:{PORTS['client_server']}"] == "open", got
+        assert got[GCS_ADDRESS] == "timeout" and got[f"{HEAD_IP}:{PORTS['node_manager']}"] == "timeout", got
+        assert got[f"{IPS[WORKERS[0]]}:{PORTS['node_manager']}"] == "timeout", got
         direct = folder / "cluster"
         res, _ = run_playbook("playbooks/client.yml", "-e", "client_access=direct", "-e", f"client_dir={direct}")
         assert res.returncode == 0, res.stdout[-3000:]

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import testinfra
-from conftest import HEAD, IPS, REPO, WORKERS, as_user, base_dir, job_status, probe_cluster
+from conftest import HEAD, IPS, JOB_API, REPO, WORKERS, as_user, base_dir, job_status, probe_cluster
 
 testinfra_hosts = [f"podman://{HEAD}"]
 WORKER = WORKERS[1]
@@ -67,7 +67,7 @@ def run_job_while_the_owner_comes_and_goes(host, base: str, code: str) -> None: 
                 f"{base}/venv/bin/ray",
                 "job",
                 "submit",
-                f"--address=http://{IPS[HEAD]}:8265",
+                f"--address={JOB_API}",
                 f"--submission-id={job}",
                 f"--working-dir={code}",
                 "--no-wait",
@@ -86,7 +86,10 @@ def run_job_while_the_owner_comes_and_goes(host, base: str, code: str) -> None: 
         )
     )
     assert submit.rc == 0, submit.stderr
-    time.sleep(8)
+    # Until the job runs (at most the 8 s this once slept for), then it must be running or pending.
+    started = time.monotonic()
+    while job_status(host, job) != "RUNNING" and time.monotonic() - started < 8:
+        time.sleep(1)
     assert job_status(host, job) in {"RUNNING", "PENDING"}
 
     set_activity("active")

@@ -18,7 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HEAD, HEAD_BASE, IPS, REPO, TOKEN_ENV, USER, WORKERS, as_user, job_status, run_playbook
+from conftest import (
+    HEAD,
+    HEAD_BASE,
+    JOB_API,
+    REPO,
+    TOKEN_ENV,
+    USER,
+    WORKERS,
+    as_user,
+    base_dir,
+    job_status,
+    run_playbook,
+)
 
 testinfra_hosts = [f"podman://{HEAD}"]
 VENV = f"{HEAD_BASE}/venv/bin"
@@ -48,7 +60,7 @@ def ledger(host: Any) -> list[dict[str, Any]]:
 
 def ray_job(host: Any, verb: str, *args: str) -> Any:
     """`ray job VERB --address=... ARGS` on the head as the service user, with the token."""
-    return host.run(as_user([f"{VENV}/ray", "job", verb, f"--address=http://{IPS[HEAD]}:8265", *args], TOKEN_ENV))
+    return host.run(as_user([f"{VENV}/ray", "job", verb, f"--address={JOB_API}", *args], TOKEN_ENV))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +75,7 @@ def head(host: Any) -> Iterator[Any]:
 def test_the_nodes_have_tune_and_optuna_without_runtime_env(head: Any) -> None:
     for name in [HEAD, *WORKERS]:
         node = head if name == HEAD else __import__("testinfra").get_host(f"podman://{name}")
-        base = HEAD_BASE if name == HEAD else f"/home/{USER}/.bittrader_worker"
+        base = base_dir(name)
         res = node.run(as_user([f"{base}/venv/bin/python", "-c",
                                 "import fsspec, pandas, pyarrow, tensorboardX, optuna, ray.tune.search.optuna; "
                                 "print(optuna.__version__)"]))

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "module_utils"))
 
 from bittrader_cluster import PROBE_MODULE, parse_probe_output
@@ -30,8 +31,18 @@ IPS = {HEAD: f"{NET}.10", WORKERS[0]: f"{NET}.11", WORKERS[1]: f"{NET}.12"}
 # daemon assumes until the tests write the activity file (test_throttle), 2 while idle.
 CPUS = {HEAD: 0, WORKERS[0]: 1, WORKERS[1]: 1}
 ALL_HOSTS = [f"podman://{name}" for name in IPS]
-USER = "bittrader"
+# Facts the roles own, read from their one place: the defaults, and the lab's group_vars (which
+# Molecule links) for what the lab sets.
+DEFAULTS: dict[str, Any] = yaml.safe_load((REPO / "roles/cluster_facts/defaults/main.yml").read_text())
+LAB_VARS: dict[str, Any] = yaml.safe_load((REPO / "inventory/lab/group_vars/all.yml").read_text())
+PORTS: dict[str, int] = DEFAULTS["bittrader_ports"]
+WORKER_PORTS = range(PORTS["min_worker"], PORTS["max_worker"] + 1)  # Ray's worker processes
+USER: str = DEFAULTS["bittrader_user"]
 HOME = f"/home/{USER}"
+RAY_VERSION: str = DEFAULTS["bittrader_ray_version"]
+PYTHON: str = LAB_VARS["bittrader_python_version"]  # the lab's pinned Python
+GCS_ADDRESS = f"{IPS[HEAD]}:{PORTS['gcs']}"  # the cluster's address
+JOB_API = f"http://{IPS[HEAD]}:{PORTS['dashboard']}"  # the dashboard and job API
 
 
 def run_playbook(*args: str, extra_inventory: Path | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -57,7 +68,7 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 
 def base_dir(name: str) -> str:
-    return f"{HOME}/.bittrader_head" if name == HEAD else f"{HOME}/.bittrader_worker"
+    return f"{HOME}/{DEFAULTS['bittrader_head_dir_name' if name == HEAD else 'bittrader_worker_dir_name']}"
 
 
 def ray_temp_dir(name: str) -> str:
@@ -79,7 +90,7 @@ def job_status(head: Any, job: str) -> str:
     """SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING, MISSING (the job API does not know the job: the
     head restarted since) or UNKNOWN: ... from `ray job status` (it prints "Job 'ID' succeeded" when
     done, "Status for job 'ID': RUNNING" before)."""
-    res = head.run(as_user([f"{HEAD_BASE}/venv/bin/ray", "job", "status", f"--address=http://{IPS[HEAD]}:8265", job],
+    res = head.run(as_user([f"{HEAD_BASE}/venv/bin/ray", "job", "status", f"--address={JOB_API}", job],
                            TOKEN_ENV))
     if "does not exist" in res.stdout + res.stderr:
         return "MISSING"
@@ -94,7 +105,7 @@ def probe_cluster(head: Any, tasks: bool = True, timeout: int = 120) -> dict[str
     """Run the verification module's probe on the head as the service user; returns its JSON."""
     base = base_dir(HEAD)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{base}/auth_token"}
-    args = json.dumps({"address": f"{IPS[HEAD]}:6379", "tasks": tasks, "task_timeout": timeout})
+    args = json.dumps({"address": GCS_ADDRESS, "tasks": tasks, "task_timeout": timeout})
     res = head.run(as_user([f"{base}/venv/bin/python", "-m", PROBE_MODULE, args], env))
     assert res.rc == 0, res.stderr[-2000:]
     return parse_probe_output(res.stdout)

@@ -16,11 +16,15 @@ from typing import Any
 import pytest
 from conftest import (
     CPUS,
+    GCS_ADDRESS,
     HEAD,
     IPS,
+    JOB_API,
     NET,
+    PORTS,
     PREFIX,
     USER,
+    WORKER_PORTS,
     WORKERS,
     alive_ips,
     as_user,
@@ -112,7 +116,7 @@ HOLD_MARK = "bittrader-security-hold"
 
 
 def worker_ports(container: str) -> list[int]:
-    return sorted(p for p in listening(container, service_uid(container)) if 10002 <= p <= 10299)
+    return sorted(p for p in listening(container, service_uid(container)) if p in WORKER_PORTS)
 
 
 @pytest.fixture
@@ -123,7 +127,7 @@ def worker_port() -> Any:
     base = base_dir(HEAD)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{base}/auth_token"}
     ports_file = f"{base_dir(WORKER)}/run/{HOLD_MARK}.ports"
-    cmd = as_user([f"{base}/venv/bin/python", "-c", HOLD, f"{HEAD_IP}:6379", WORKER_IP, HOLD_MARK, ports_file], env)
+    cmd = as_user([f"{base}/venv/bin/python", "-c", HOLD, f"{GCS_ADDRESS}", WORKER_IP, HOLD_MARK, ports_file], env)
     podman("exec", "-d", HEAD, "sh", "-c", cmd)
     try:
         deadline = time.monotonic() + 90
@@ -131,8 +135,9 @@ def worker_port() -> Any:
         while time.monotonic() < deadline and not ports:
             time.sleep(1)
             listed = podman("exec", WORKER, "cat", ports_file, check=False).stdout.split()
-            ports = [int(p) for p in listed if p.isdigit() and 10002 <= int(p) <= 10299]
-        assert ports, f"the held task's Ray worker on {WORKER} listens on no port in 10002-10299"
+            ports = [int(p) for p in listed if p.isdigit() and int(p) in WORKER_PORTS]
+        assert ports, (f"the held task's Ray worker on {WORKER} listens on no port in "
+                       f"{PORTS['min_worker']}-{PORTS['max_worker']}")
         assert ports[0] in worker_ports(WORKER)  # ss sees it too, as the service user's
         yield ports[0]
     finally:
@@ -154,8 +159,9 @@ def intruder() -> Any:
 
 def targets(worker_port: int) -> list[tuple[str, int]]:
     return [
-        (HEAD_IP, 6379), (HEAD_IP, 8265), (HEAD_IP, 10001), (HEAD_IP, 8076), (HEAD_IP, 44227),
-        (WORKER_IP, 8076), (WORKER_IP, 8077), (WORKER_IP, 52365), (WORKER_IP, worker_port),
+        *[(HEAD_IP, PORTS[k]) for k in ("gcs", "dashboard", "client_server", "node_manager", "dashboard_metrics")],
+        *[(WORKER_IP, PORTS[k]) for k in ("node_manager", "object_manager", "dashboard_agent_listen")],
+        (WORKER_IP, worker_port),
     ]
 
 
@@ -210,11 +216,11 @@ def test_rules_cover_exactly_what_ray_listens_on(node: str) -> None:
     sets = nft_sets(node)
     covered = sets["cluster_ports"] | sets.get("admin_ports", set())
     ray_ports = listening(node, service_uid(node))
-    print(f"\n{node}: Ray listens on {sorted(p for p in ray_ports if not 10002 <= p <= 10299)} "
-          f"+ {len([p for p in ray_ports if 10002 <= p <= 10299])} worker ports; rules cover {len(covered)} ports")
+    print(f"\n{node}: Ray listens on {sorted(p for p in ray_ports if p not in WORKER_PORTS)} "
+          f"+ {len([p for p in ray_ports if p in WORKER_PORTS])} worker ports; rules cover {len(covered)} ports")
     assert ray_ports, "Ray listens on nothing"
     assert ray_ports <= covered, f"not firewalled: {sorted(ray_ports - covered)}"
-    pinned = covered - set(range(10002, 10300))
+    pinned = covered - set(WORKER_PORTS)
     assert pinned <= ray_ports, f"rules for ports Ray does not listen on: {sorted(pinned - ray_ports)}"
     assert podman("exec", node, "systemctl", "is-enabled", "bittrader-firewall").stdout.strip() == "enabled"
 
@@ -238,7 +244,7 @@ def ray_env(token: str | None) -> dict[str, str]:
 @pytest.mark.parametrize("token", [None, "0" * 64], ids=["missing", "wrong"])
 def test_job_submission_needs_the_token(host, token: str | None) -> None:  # type: ignore[no-untyped-def]
     ray = f"{base_dir(HEAD)}/venv/bin/ray"
-    cmd = [ray, "job", "submit", f"--address=http://{HEAD_IP}:8265", "--", "echo", "SHOULD-NOT-RUN"]
+    cmd = [ray, "job", "submit", f"--address={JOB_API}", "--", "echo", "SHOULD-NOT-RUN"]
     res = host.run(as_user(["timeout", "60", *cmd], ray_env(token) if token else {}))
     assert res.rc != 0
     assert "SHOULD-NOT-RUN" not in res.stdout
@@ -247,7 +253,7 @@ def test_job_submission_needs_the_token(host, token: str | None) -> None:  # typ
 @pytest.mark.parametrize("token", [None, "0" * 64], ids=["missing", "wrong"])
 def test_ray_client_needs_the_token(host, token: str | None) -> None:  # type: ignore[no-untyped-def]
     py = f"{base_dir(HEAD)}/venv/bin/python"
-    code = f"import ray; ray.init('ray://{HEAD_IP}:10001'); print('CONNECTED')"
+    code = f"import ray; ray.init('ray://{HEAD_IP}:{PORTS['client_server']}'); print('CONNECTED')"
     env = ray_env(token) if token else {}
     res = host.run(as_user(["timeout", "90", py, "-c", code], env))
     assert res.rc != 0
@@ -261,7 +267,7 @@ def test_a_node_with_a_wrong_token_cannot_join(host) -> None:  # type: ignore[no
     ray = f"{base_dir(node)}/venv/bin/ray"
     tmp = "/tmp/ray-wrong-token"
     cmd = ["runuser", "-u", USER, "--", "env", "RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN={'0' * 64}",
-           "timeout", "90", ray, "start", f"--address={HEAD_IP}:6379", "--num-cpus=1", f"--temp-dir={tmp}",
+           "timeout", "90", ray, "start", f"--address={GCS_ADDRESS}", "--num-cpus=1", f"--temp-dir={tmp}",
            "--node-manager-port=18076", "--object-manager-port=18077", "--min-worker-port=18100",
            "--max-worker-port=18199", "--dashboard-agent-grpc-port=18078", "--dashboard-agent-listen-port=18079",
            "--runtime-env-agent-port=18080", "--metrics-export-port=18081"]
@@ -356,7 +362,7 @@ def test_rotating_the_token_restarts_every_node_with_the_new_one(host, tmp_path)
     alive = alive_ips(probe_cluster(host, tasks=False))
     assert alive == {IPS[n]: float(CPUS[n]) for n in IPS}
     ray = f"{base_dir(HEAD)}/venv/bin/ray"
-    listing = [ray, "job", "list", f"--address=http://{HEAD_IP}:8265"]
+    listing = [ray, "job", "list", f"--address={JOB_API}"]
     assert host.run(as_user(["timeout", "60", *listing], ray_env(old))).rc != 0
     assert host.run(as_user(["timeout", "60", *listing], ray_env(new))).rc == 0
     print(f"\ntoken rotated, every node back with the new token: {took:.1f} s (playbook incl. verify)")

@@ -28,6 +28,7 @@ from conftest import (
     HEAD,
     HEAD_BASE,
     IPS,
+    JOB_API,
     REPO,
     TOKEN_ENV,
     USER,
@@ -136,7 +137,7 @@ def submit(head: Any, job_id: str, results: str | None = None) -> Job:
     """Submit the reference job (no wait); results names the file of an earlier run to resume."""
     job = Job(job_id, results or f"{JOBS}/{job_id}.jsonl", f"{JOBS}/{job_id}.json")
     cmd = [
-        f"{VENV}/ray", "job", "submit", f"--address=http://{IPS[HEAD]}:8265", f"--submission-id={job_id}",
+        f"{VENV}/ray", "job", "submit", f"--address={JOB_API}", f"--submission-id={job_id}",
         f"--working-dir={CODE}", "--no-wait", "--",
         f"{VENV}/python", "-m", "bittrader_workload.job", f"--candles={CANDLES}", f"--params={PARAMS}",
         "--no-ship-code", "--quiet", f"--results={job.results}", f"--summary={job.summary}",
@@ -171,7 +172,7 @@ def wait_running(head: Any, job: Job, timeout: float = 180) -> None:
 
 def job_logs(head: Any, job: Job, chars: int = 3000) -> str:
     """The end of the job's driver output (for failure messages)."""
-    res = head.run(as_user([f"{VENV}/ray", "job", "logs", f"--address=http://{IPS[HEAD]}:8265", job.id], TOKEN_ENV))
+    res = head.run(as_user([f"{VENV}/ray", "job", "logs", f"--address={JOB_API}", job.id], TOKEN_ENV))
     return str(res.stdout + res.stderr)[-chars:]
 
 
@@ -253,7 +254,7 @@ def campaign(host: Any) -> Iterator[Campaign]:
     # Stop whatever of ours still runs (a failed test leaves its job), never anything else.
     if camp.current is not None and job_status(host, camp.current.id) in {"RUNNING", "PENDING"}:
         host.run(
-            as_user([f"{VENV}/ray", "job", "stop", f"--address=http://{IPS[HEAD]}:8265", camp.current.id], TOKEN_ENV)
+            as_user([f"{VENV}/ray", "job", "stop", f"--address={JOB_API}", camp.current.id], TOKEN_ENV)
         )
     if camp.serial_pid.isdigit():
         host.run(f"kill -TERM -- -{camp.serial_pid} 2>/dev/null || true")
