@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
 import bittrader_basics
 import bittrader_network
 import bittrader_versions
-from filter_modules import all_filters
 from ansible_render import role_defaults
+from filter_modules import all_filters
 
 DEFAULT_PORTS = role_defaults("cluster_facts")["bittrader_ports"]  # Ray's pinned ports, as the roles default them
 
