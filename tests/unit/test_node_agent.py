@@ -147,6 +147,6 @@ def test_the_install_tasks_run_only_when_the_version_differs() -> None:
     assert build_task["run_once"] is True and build_task["delegate_to"] == "localhost"
     assert build_task["changed_when"] == "(ray_node__agent_build.stdout | from_json).built"
     # The staged environment of an upgrade gets the agent too.
-    stage = yaml.safe_load((REPO / "roles/ray_node/tasks/upgrade-stage.yml").read_text())
+    stage = yaml.safe_load((REPO / "roles/ray_node/tasks/upgrade_stage.yml").read_text())
     staged = [t for t in stage if t.get("ansible.builtin.include_tasks") == "agent.yml"]
     assert staged and staged[0]["vars"]["ray_node_agent_venv"] == "{{ ray_node_upgrade.new_path }}"
