@@ -20,18 +20,9 @@ description:
   - Reads only; runs the same in check mode.
 version_added: "1.0.0"
 author: Bittrader
+extends_documentation_fragment:
+  - bittrader_cluster
 options:
-  address:
-    description: The cluster's GCS address, C(HEAD_IP:PORT).
-    type: str
-    required: true
-  python:
-    description: Python of the node's Ray virtual environment (it must match the cluster's Ray and Python).
-    type: path
-    required: true
-  token_file:
-    description: File holding the cluster's auth token; passed to Ray as C(RAY_AUTH_TOKEN_PATH), never read here.
-    type: path
   expected_nodes:
     description:
       - Nodes the inventory expects, each with C(name), C(ip) and optionally C(cpus), C(gpus) and C(code)
@@ -52,10 +43,6 @@ options:
   python_version:
     description: Python release every node must run (checked with I(probe_tasks)).
     type: str
-  probe_tasks:
-    description: Run a zero-CPU task on every alive node to read its versions and prove it runs work.
-    type: bool
-    default: true
   wait_timeout:
     description: Seconds to keep trying until the expectations hold; 0 checks once.
     type: int
@@ -70,18 +57,7 @@ options:
     default: 120
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
     details: Reads only; waits and checks the same in check mode.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: none
-  platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
-    platforms: posix
-requirements:
-  - Ray and the bittrader_node_agent package in the virtual environment named by I(python).
 notes:
   - Run it on (or delegate it to) the head, as the account Ray runs as.
   - The playbooks call it through the C(cluster_check) entry point of the C(cluster_facts) role, which
