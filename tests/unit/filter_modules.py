@@ -1,14 +1,26 @@
-"""Every filter the project's filter plugin files register, by name, as Ansible would load them."""
+"""Every filter the project's filter plugin files register, by name, as Ansible would load them; and the
+preflight's node probe (roles/cluster_facts/files/node_probe.py), whose reads the preflight filters judge."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 FILTER_DIR = Path(__file__).resolve().parents[2] / "filter_plugins"
+NODE_PROBE = FILTER_DIR.parent / "roles" / "cluster_facts" / "files" / "node_probe.py"
+
+
+def node_probe() -> Any:
+    """node_probe.py loaded as a module (it is a script the preflight runs on each host)."""
+    spec = importlib.util.spec_from_file_location("node_probe", NODE_PROBE)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def all_filters() -> dict[str, Callable[..., Any]]:

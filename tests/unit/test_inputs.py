@@ -5,7 +5,6 @@ tests/integration/test_bad_input.py runs the same classes against real hosts."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,11 +19,9 @@ sys.path.insert(0, str(REPO / "filter_plugins"))
 
 import bittrader_inputs  # noqa: E402
 import bittrader_preflight  # noqa: E402
+from filter_modules import node_probe  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("node_probe", REPO / "roles/cluster_facts/files/node_probe.py")
-assert _spec and _spec.loader
-probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(probe)
+probe = node_probe()
 
 LINUX = {"system": "Linux", "distribution": "Debian", "distribution_version": "12.8", "processor_vcpus": 8,
          "memtotal_mb": 16000}

@@ -5,7 +5,6 @@ its own, fast."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,12 +21,9 @@ import bittrader_network  # noqa: E402
 import bittrader_preflight  # noqa: E402
 import bittrader_validation  # noqa: E402
 import bittrader_versions  # noqa: E402
-from filter_modules import all_filters  # noqa: E402
+from filter_modules import all_filters, node_probe  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("node_probe", REPO / "roles/cluster_facts/files/node_probe.py")
-assert _spec and _spec.loader
-probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(probe)
+probe = node_probe()
 
 DEFAULTS: dict[str, Any] = yaml.safe_load((REPO / "roles/cluster_facts/defaults/main.yml").read_text())
 FACTS = {
