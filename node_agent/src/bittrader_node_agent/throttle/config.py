@@ -256,12 +256,8 @@ def _validate_policy(p: dict[str, Any], platform_name: object) -> list[str]:
             f"got {poll!r})"
         )
     source = p["activity_source"]
-    if source not in ACTIVITY_SOURCES:
-        errors.append(f"policy.activity_source must be one of {', '.join(ACTIVITY_SOURCES)} (got {source!r})")
-    else:
-        needs = {"logind": "linux", "ioreg": "darwin", "windows": "windows"}.get(str(source))
-        if needs is not None and platform_name in PLATFORMS and platform_name != needs:
-            errors.append(f"policy.activity_source {source!r} only works on {needs} (platform is {platform_name})")
+    errors += _choice_errors("policy.activity_source", source, ACTIVITY_SOURCES,
+                             {"logind": "linux", "ioreg": "darwin", "windows": "windows"}, platform_name)
     if source == "file" and not _is_abs_path(p["activity_file"]):
         errors.append(
             f"policy.activity_file must be an absolute path when activity_source is 'file' (got {p['activity_file']!r})"
@@ -277,15 +273,22 @@ def _validate_policy(p: dict[str, Any], platform_name: object) -> list[str]:
     return errors
 
 
+def _choice_errors(setting: str, value: object, choices: tuple[str, ...], platform_of: dict[str, str],
+                   platform_name: object) -> list[str]:
+    """A setting that must be one of choices, some of which work on one platform only (platform_of)."""
+    if value not in choices:
+        return [f"{setting} must be one of {', '.join(choices)} (got {value!r})"]
+    needs = platform_of.get(str(value))
+    if needs is not None and platform_name in PLATFORMS and platform_name != needs:
+        return [f"{setting} {value!r} only works on {needs} (platform is {platform_name})"]
+    return []
+
+
 def _validate_mechanism(m: dict[str, Any], platform_name: object) -> list[str]:
     errors: list[str] = []
     kind = m["kind"]
-    if kind not in MECHANISMS:
-        errors.append(f"mechanism.kind must be one of {', '.join(MECHANISMS)} (got {kind!r})")
-    else:
-        needs = {"systemd": "linux", "taskpolicy": "darwin", "windows": "windows"}.get(str(kind))
-        if needs is not None and platform_name in PLATFORMS and platform_name != needs:
-            errors.append(f"mechanism.kind {kind!r} only works on {needs} (platform is {platform_name})")
+    errors += _choice_errors("mechanism.kind", kind, MECHANISMS,
+                             {"systemd": "linux", "taskpolicy": "darwin", "windows": "windows"}, platform_name)
     quota = m["pause_quota_percent"]
     if not (_is_int(quota) and 1 <= quota <= 100):
         errors.append(
