@@ -39,6 +39,12 @@ def hv(request: pytest.FixtureRequest) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
+
+def throttle_argv(hv: dict[str, Any]) -> list[str]:
+    """The command line of the throttle's tasks: the venv's windowless Python runs the agent's module."""
+    paths = hv["worker_windows_paths"]
+    return [paths["venv_pythonw"], "-m", "bittrader_node_agent.throttle", "--config", paths["throttle_config"]]
+
 def test_ray_task_runs_the_supervisor_at_boot_as_the_standard_user(hv: dict[str, Any]) -> None:
     task = find_task("service.yml", "community.windows.win_scheduled_task")
     args = task_args(task, "community.windows.win_scheduled_task", hv)
@@ -114,13 +120,7 @@ def test_throttle_task_starts_at_sign_in_in_the_users_session(hv: dict[str, Any]
     (action,) = args["actions"]
     assert action["path"] == '"' + hv["worker_windows_paths"]["venv_pythonw"] + '"'
     argv = split_command_line(action["path"] + " " + action["arguments"])
-    assert argv == [
-        hv["worker_windows_paths"]["venv_pythonw"],
-        "-m",
-        "bittrader_node_agent.throttle",
-        "--config",
-        hv["worker_windows_paths"]["throttle_config"],
-    ]
+    assert argv == throttle_argv(hv)
 
 
 def registered_tasks(variables: dict[str, Any]) -> list[dict[str, Any]]:
@@ -200,14 +200,7 @@ def test_throttle_reset_task_runs_as_the_user_at_boot_sign_out_and_periodically(
     assert args["triggers"][2]["repetition"] == {"interval": "PT5M"}
     (action,) = args["actions"]
     argv = split_command_line(action["path"] + " " + action["arguments"])
-    assert argv == [
-        hv["worker_windows_paths"]["venv_pythonw"],
-        "-m",
-        "bittrader_node_agent.throttle",
-        "--config",
-        hv["worker_windows_paths"]["throttle_config"],
-        "--reset",
-    ]
+    assert argv == [*throttle_argv(hv), "--reset"]
     # The option exists in the daemon it runs.
     assert throttle.main(["--config", "/nonexistent/throttle.json", "--reset"]) == throttle.EX_CONFIG
     removed = template_data(find_task("throttle-off.yml", "community.windows.win_scheduled_task")["loop"], hv)
