@@ -15,7 +15,7 @@ podman containers on a network of their own. Verbs:
     timings    provisioning timings: cold converge (fresh containers), idempotent re-run, a worker
                removed, recreated and added with --limit, then a cold converge without the
                wheelhouse (the nodes install from the package index); writes results/provisioning.json
-               (tools/lab_timings.py)
+               (tools/lab_timings.py: the targets are fractions of the cold converge)
     profile    CPU seconds of every process of the lab's nodes over a window (default 60 s), by
                node and process (Ray's background, the tasks, the supervisor): where the cores go;
                `./lab profile -- 120` for 120 s; writes results/cpu-profile.json
