@@ -16,6 +16,10 @@ podman containers on a network of their own. Verbs:
                removed, recreated and added with --limit, then a cold converge without the
                wheelhouse (the nodes install from the package index); writes results/provisioning.json
                (tools/lab_timings.py: the targets are fractions of the cold converge)
+    scale      cold converge, idempotent re-run and verify of labs of 1 head + N workers (default
+               N = 2, 4, 8; `./lab scale -- 2 4`), each made, measured and removed in turn; writes
+               results/scale.json and results/scale.png (tools/lab_scale.py; --network, --subnet
+               and --prefix put the labs beside the lab)
     profile    CPU seconds of every process of the lab's nodes over a window (default 60 s), by
                node and process (Ray's background, the tasks, the supervisor): where the cores go;
                `./lab profile -- 120` for 120 s; writes results/cpu-profile.json
@@ -564,8 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "verb",
-        choices=["image", "up", "converge", "verify", "smoke", "benchmark", "optimize", "timings", "profile", "ceiling",
-                 "down", "hosts-up", "hosts-down"],
+        choices=["image", "up", "converge", "verify", "smoke", "benchmark", "optimize", "timings", "scale", "profile",
+                 "ceiling", "down", "hosts-up", "hosts-down"],
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the image even if cached")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments")
@@ -602,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
 
         build_image(force=args.rebuild)
         lab_timings.timings(lab, REPO / "inventory" / "lab", REPO / "results" / "provisioning.json")
+    elif args.verb == "scale":
+        import lab_scale
+
+        build_image(force=args.rebuild)
+        lab_scale.main([a for a in args.extra if a != "--"])
     elif args.verb == "profile":
         extra = [a for a in args.extra if a != "--"]
         profile(lab, float(extra[0]) if extra else 60.0, REPO / "results" / "cpu-profile.json")
