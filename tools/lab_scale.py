@@ -293,8 +293,10 @@ def scale_plot(report: dict[str, object], path: Path) -> None:
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=RUN_LABELS[kind])
     forks = int(report["forks"])  # type: ignore[call-overload]
-    ax.axvline(forks - 1, color="#c0504d", linestyle="--", linewidth=1, label=f"forks - 1 = {forks - 1}")
-    ax.set_xticks(sorted({int(s["workers"]) for s in sizes}))  # type: ignore[call-overload]
+    measured = sorted({int(s["workers"]) for s in sizes})  # type: ignore[call-overload]
+    if measured and forks - 1 <= measured[-1] + 1:  # where batching starts, when near the sizes measured
+        ax.axvline(forks - 1, color="#c0504d", linestyle="--", linewidth=1, label=f"forks - 1 = {forks - 1}")
+    ax.set_xticks(measured)
     ax.set_xlabel("workers (1 head + N workers, 1 CPU each)")
     ax.set_ylabel("wall seconds")
     ax.set_title(f"Provisioning time against workers ({report['cores']} cores, forks={forks})")
