@@ -204,6 +204,34 @@ def test_add_the_worker_back_with_limit(host) -> None:  # type: ignore[no-untype
           f"service untouched); all alive {took:.1f} s after")
 
 
+def test_a_rerun_repairs_drift_and_then_only_checks(host) -> None:  # type: ignore[no-untyped-def]
+    """The node's record (ray_node's state.yml, library/bittrader_node_state.py): a re-run that finds a
+    managed file edited by hand and another's mode loosened names both, provisions the node again and puts
+    them back; the run after it only checks (changed=0, nothing provisioned)."""
+    name = WORKERS[1]
+    worker = testinfra.get_host(f"podman://{name}")
+    unit, config = "/etc/systemd/system/bittrader-ray-worker.service", f"{base_dir(name)}/node.json"
+    before = worker.run(f"md5sum {unit} {config}; stat -c %a {config}").stdout
+    assert worker.run(f"echo '# edited by hand' >> {unit} && chmod 0666 {config}").rc == 0
+    started = time.monotonic()
+    res = playbook(str(REPO / "site.yml"), "--limit", name)
+    TIMES["site.yml --limit worker (drift)"] = time.monotonic() - started
+    assert res.returncode == 0, tail(res)
+    said = " ".join(res.stdout.split())  # the callback folds long messages
+    assert f"{name} is provisioned:" in said, tail(res)
+    assert f"{unit}: content changed" in said and f"{config}: mode changed" in said, tail(res)
+    assert recap(res.stdout)[name]["changed"] > 0
+    assert worker.run(f"md5sum {unit} {config}; stat -c %a {config}").stdout == before
+    started = time.monotonic()
+    again = playbook(str(REPO / "site.yml"), "--limit", name)
+    TIMES["site.yml --limit worker (current)"] = time.monotonic() - started
+    assert again.returncode == 0, tail(again)
+    assert recap(again.stdout)[name]["changed"] == 0 and "is provisioned:" not in again.stdout
+    took = wait_for_all_alive(host, timeout=90)
+    print(f"drift repaired by site.yml --limit {name} in {TIMES['site.yml --limit worker (drift)']:.1f} s; the next "
+          f"run only checked: {TIMES['site.yml --limit worker (current)']:.1f} s; all alive {took:.1f} s after")
+
+
 def test_upgrade_with_a_host_that_cannot_take_it_switches_nothing(host) -> None:  # type: ignore[no-untyped-def]
     blocked = f"{base_dir(WORKERS[1])}/venvs/ray{OTHER_RAY}-py{PYTHON}"
     worker2 = testinfra.get_host(f"podman://{WORKERS[1]}")

@@ -32,6 +32,7 @@ def test_uninstall_removes_everything_and_is_idempotent(host) -> None:  # type: 
         assert not host.file(f"/etc/systemd/system/{unit}.service").exists
     assert not host.file("/etc/systemd/system/bittrader-health.timer").exists
     assert not host.file("/etc/sudoers.d/bittrader-throttle").exists
+    assert not host.file("/etc/ansible/facts.d/bittrader_node.fact").exists  # the node's record
     assert not host.user(USER).exists
     assert not host.file(f"/home/{USER}").exists
     assert host.run("pgrep -x raylet").rc != 0
