@@ -45,15 +45,16 @@ STRIPPED_MAIN_TASKS = {
 def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fake_mac")
     repo = root / "repo"
-    for part in ("roles", "filter_plugins", "library", "module_utils", "node_agent"):
+    for part in ("roles", "filter_plugins", "lookup_plugins", "test_plugins", "library", "module_utils", "node_agent"):
         shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
     meta = repo / "roles" / "ray_node" / "meta" / "main.yml"  # no bittrader role: facts.yml sets its facts
     data = yaml.safe_load(meta.read_text())
     data["dependencies"] = []
     meta.write_text(yaml.safe_dump(data))
-    main = repo / "roles" / "ray_node" / "tasks" / "main.yml"
-    tasks = [t for t in yaml.safe_load(main.read_text()) if t.get("name") not in STRIPPED_MAIN_TASKS]
-    main.write_text(yaml.safe_dump(tasks, sort_keys=False))
+    node = repo / "roles" / "ray_node" / "tasks" / "node.yml"  # the provisioning that main.yml includes
+    tasks = [t for t in yaml.safe_load(node.read_text()) if t.get("name") not in STRIPPED_MAIN_TASKS]
+    assert len(tasks) == len(yaml.safe_load(node.read_text())) - len(STRIPPED_MAIN_TASKS)
+    node.write_text(yaml.safe_dump(tasks, sort_keys=False))
     for name in ("converge.yml", "uninstall.yml", "facts.yml"):
         shutil.copy(FAKE / name, root / name)
     group_vars = root / "group_vars" / "all"
@@ -85,7 +86,8 @@ def mac(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "[defaults]\n"
         f"roles_path = {repo / 'roles'}\nlibrary = {repo / 'library'}\n"
         f"module_utils = {repo / 'module_utils'}:{repo / 'node_agent' / 'src'}\n"
-        f"filter_plugins = {repo / 'filter_plugins'}\ninterpreter_python = {sys.executable}\n"
+        f"filter_plugins = {repo / 'filter_plugins'}\nlookup_plugins = {repo / 'lookup_plugins'}\n"
+        f"test_plugins = {repo / 'test_plugins'}\ninterpreter_python = {sys.executable}\n"
         "host_key_checking = False\nretry_files_enabled = False\nstdout_callback = default\n"
     )
     bin_dir = FAKE / "bin"

@@ -698,8 +698,8 @@ def test_pip_installs_the_same_pins_as_the_linux_nodes(hv: dict[str, Any]) -> No
     assert plan_argv[:5] == install_argv[:5]
     assert {"--dry-run", "--report", "-"} <= set(plan_argv)
     assert plan_argv[-len(pins):] == pins
-    # The Linux and macOS nodes' pins (ray_node's requirements.yml, used by venv.yml and the upgrade).
-    linux = (REPO / "roles" / "ray_node" / "tasks" / "requirements.yml").read_text(encoding="utf-8")
+    # The Linux and macOS nodes' pins (ray_node's vars/main.yml, used by venv.yml, state.yml and the upgrade).
+    linux = (REPO / "roles" / "ray_node" / "vars" / "main.yml").read_text(encoding="utf-8")
     for package in ("bittrader_ray_requirement(bittrader_ray_extras)", "'psutil=='", "'numpy=='", "'optuna=='"):
         assert package in linux
     pending = template_data(
