@@ -14,8 +14,9 @@ podman containers on a network of their own. Verbs:
                writes results/optimize-TIMESTAMP/ (table, plot)
     timings    provisioning timings: cold converge (fresh containers), idempotent re-run, a worker
                removed, recreated and added with --limit, then a cold converge without the
-               wheelhouse (the nodes install from the package index); writes results/provisioning.json
-               (tools/lab_timings.py: the targets are fractions of the cold converge)
+               wheelhouse (the nodes install from the package index; `./lab timings -- --no-index`
+               leaves it out); writes results/provisioning.json (tools/lab_timings.py: the targets
+               are fractions of the cold converge)
     scale      cold converge, idempotent re-run and verify of labs of 1 head + N workers (default
                N = 2, 4, 8; `./lab scale -- 2 4`), each made, measured and removed in turn; writes
                results/scale.json and results/scale.png (tools/lab_scale.py; --network, --subnet
@@ -605,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
         import lab_timings
 
         build_image(force=args.rebuild)
-        lab_timings.timings(lab, REPO / "inventory" / "lab", REPO / "results" / "provisioning.json")
+        # `./lab timings -- --no-index`: without the extra cold converge from the package index.
+        lab_timings.timings(lab, REPO / "inventory" / "lab", REPO / "results" / "provisioning.json",
+                            index="--no-index" not in args.extra)
     elif args.verb == "scale":
         import lab_scale
 
