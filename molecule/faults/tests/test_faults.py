@@ -1,6 +1,7 @@
 """Fault injection (issue #6): while the reference job runs on the cluster, worker1 loses its Ray
-processes (SIGKILL), its host (container restart), its network (30 s and 120 s) and its log files
-(disk full, folder unwritable), and the head's service restarts. After each fault the cluster must
+processes (SIGKILL), its host (container restart), its network (30 s, and 90 s: long enough for the
+head to mark it dead) and its log files (disk full, folder unwritable), and the head's service
+restarts. After each fault the cluster must
 come back to all nodes alive with their CPUs by itself; every job must end complete, with every
 evaluation present once and equal to a serial run of the same parameter sets. A head restart ends the
 job's driver (Ray cannot save it): the job is re-run on its results file and computes only the rest.
@@ -354,17 +355,40 @@ def test_3_worker_host_restart(campaign: Campaign) -> None:
     campaign.record("2. worker host restarted (podman restart)", job, fault_s, recovery_s)
 
 
+# Ray's GCS marks a node dead once its health checks have failed for a while: the 30 s cut stays
+# under that (the worker is still alive in the head's view 15 s into it), the long cut lasts well
+# beyond it (the head's view is polled from DEAD_POLL_FROM_S on: it shows when the worker died, and
+# the margin left). Measured on the 2-core machine, loaded: first seen dead 48 s and 66 s into the cut.
+LONG_CUT_S = 90
+DEAD_POLL_FROM_S = 20
+
+
+def worker_alive_in_heads_view(head: Any) -> bool:
+    return IPS[WORKER] in alive_ips(probe_cluster(head, tasks=False, timeout=20))
+
+
 def cut_network(campaign: Campaign, seconds: int) -> None:
     head = campaign.head
     job = campaign.job_for_fault(f"network cut {seconds} s")
     network, ip, mac = network_of(WORKER)
     assert ip == IPS[WORKER]
+    dead_after: float | None = None
     t0 = time.monotonic()
     podman("network", "disconnect", network, WORKER)
     try:
-        # Probe while the cut lasts (the probe takes a few seconds), then wait out the rest.
-        time.sleep(max(0.0, seconds - 15))
-        dead = IPS[WORKER] not in alive_ips(probe_cluster(head, tasks=False, timeout=20))
+        if seconds >= 60:
+            # Poll the head's view until it marks the worker dead, while the cut lasts.
+            time.sleep(DEAD_POLL_FROM_S)
+            while dead_after is None and time.monotonic() - t0 < seconds - 10:
+                if not worker_alive_in_heads_view(head):
+                    dead_after = time.monotonic() - t0
+                else:
+                    time.sleep(3)
+        # Probe near the end of the cut (the probe takes a few seconds), then wait out the rest.
+        time.sleep(max(0.0, seconds - 15 - (time.monotonic() - t0)))
+        dead = not worker_alive_in_heads_view(head)
+        if dead and dead_after is None and seconds >= 60:
+            dead_after = time.monotonic() - t0
         time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
     finally:
         # A real link comes back with its address (a Tailscale IP is stable) and its NIC's MAC:
@@ -373,18 +397,21 @@ def cut_network(campaign: Campaign, seconds: int) -> None:
     fault_s = time.monotonic() - t0
     recovery_s = recover(head)
     assert network_of(WORKER) == (network, IPS[WORKER], mac)
-    print(f"worker1 {'dead' if dead else 'still alive'} in the head's view near the end of the cut")
+    seen = f" (first seen dead {dead_after:.0f} s into the cut)" if dead_after is not None else ""
+    print(f"worker1 {'dead' if dead else 'still alive'} in the head's view near the end of the cut{seen}")
     if seconds >= 60:
-        assert dead, "a 2-minute cut did not mark the worker dead: the fault did not happen"
-    campaign.record(f"4. network cut {seconds} s", job, fault_s, recovery_s, marked_dead=dead)
+        assert dead_after is not None, f"a {seconds} s cut did not mark the worker dead: the fault did not happen"
+        assert dead, "the worker was alive again in the head's view before the cut ended"
+    extra = {"marked_dead": dead} | ({"dead_after_s": round(dead_after, 1)} if dead_after is not None else {})
+    campaign.record(f"4. network cut {seconds} s", job, fault_s, recovery_s, **extra)
 
 
 def test_4_network_cut_30s(campaign: Campaign) -> None:
     cut_network(campaign, 30)
 
 
-def test_5_network_cut_120s(campaign: Campaign) -> None:
-    cut_network(campaign, 120)
+def test_5_network_cut_long(campaign: Campaign) -> None:
+    cut_network(campaign, LONG_CUT_S)
 
 
 def test_6_head_restart_and_resume(campaign: Campaign) -> None:

@@ -52,20 +52,24 @@ HEAD_IP = IPS[HEAD]
 VENV = "/opt/bittrader-client"
 RAY_PIN = f"ray[default]=={RAY_VERSION}"
 
+# Every target at once (one 4 s timeout for all, not one per dropped port).
 PORT_PROBE = r"""
 import json, socket, sys
-out = {}
-for ip, port in json.loads(sys.argv[1]):
+from concurrent.futures import ThreadPoolExecutor
+def probe(target):
+    ip, port = target
     s = socket.socket(); s.settimeout(4)
     try:
-        s.connect((ip, port)); out[f"{ip}:{port}"] = "open"
+        s.connect((ip, port)); return "open"
     except ConnectionRefusedError:
-        out[f"{ip}:{port}"] = "refused"
+        return "refused"
     except OSError as e:
-        out[f"{ip}:{port}"] = "timeout" if "timed out" in str(e) else type(e).__name__
+        return "timeout" if "timed out" in str(e) else type(e).__name__
     finally:
         s.close()
-print(json.dumps(out))
+targets = [tuple(t) for t in json.loads(sys.argv[1])]
+with ThreadPoolExecutor(len(targets)) as ex:
+    print(json.dumps({f"{ip}:{port}": r for (ip, port), r in zip(targets, ex.map(probe, targets))}))
 """
 # Every port of the head an admin might try, and a worker's raylet.
 RAY_PORTS = [*[(HEAD_IP, PORTS[k]) for k in ("gcs", "dashboard", "client_server", "node_manager")],
