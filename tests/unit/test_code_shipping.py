@@ -622,11 +622,22 @@ def test_every_os_runs_the_code_tasks_before_the_service_starts() -> None:
     assert windows.index("code.yml") < windows.index("node.yml") < windows.index("service.yml")
     paths = yaml.safe_load((REPO / "roles/worker_windows/tasks/paths.yml").read_text())
     assert paths[-1]["ansible.builtin.include_role"] == {"name": "cluster_facts", "tasks_from": "code_paths.yml"}
+    # Linux and macOS: ray_node's main.yml includes the provisioning (node.yml, which makes the venv), then
+    # the code; the node roles import ray_node first and start the service after it (head.yml, worker.yml).
     posix = [
         t.get("ansible.builtin.include_tasks")
         for t in yaml.safe_load((REPO / "roles/ray_node/tasks/main.yml").read_text())
     ]
-    assert posix.index("code.yml") > posix.index("venv.yml")
+    assert posix.index("code.yml") > posix.index("node.yml")
+    node_yml = yaml.safe_load((REPO / "roles/ray_node/tasks/node.yml").read_text())
+    node = [t.get("ansible.builtin.include_tasks") for t in node_yml]
+    assert "venv.yml" in node
+    for role, own in (("head", "head.yml"), ("worker_linux", "worker.yml")):
+        tasks = yaml.safe_load((REPO / f"roles/{role}/tasks/main.yml").read_text())
+        assert tasks[0]["ansible.builtin.import_role"] == {"name": "ray_node"}
+        assert any(t.get("ansible.builtin.include_tasks") == own for t in tasks[1:])
+        started = yaml.safe_load((REPO / f"roles/{role}/tasks/{own}").read_text())
+        assert any(t.get("ansible.builtin.include_role", {}).get("tasks_from") == "service.yml" for t in started)
     assert (
         yaml.safe_load((REPO / "roles/cluster_facts/tasks/paths.yml").read_text())[-1]["ansible.builtin.include_tasks"]
         == "code_paths.yml"

@@ -113,9 +113,14 @@ def test_provisioning_report_compares_the_cold_converge_without_the_wheelhouse()
 def test_timings_verb_measures_the_lab_into_results(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[object, ...]] = []
     monkeypatch.setattr(lab, "build_image", lambda force=False: calls.append(("image", force)))
-    monkeypatch.setattr(lab_timings, "timings", lambda the_lab, inventory, out: calls.append((the_lab, inventory, out)))
+    monkeypatch.setattr(
+        lab_timings, "timings", lambda the_lab, inventory, out, index: calls.append((the_lab, inventory, out, index))
+    )
     assert lab.main(["timings"]) == 0
-    assert calls == [("image", False), (lab.Lab(), REPO / "inventory/lab", REPO / "results/provisioning.json")]
+    assert calls == [("image", False), (lab.Lab(), REPO / "inventory/lab", REPO / "results/provisioning.json", True)]
+    calls.clear()
+    assert lab.main(["timings", "--", "--no-index"]) == 0  # without the cold converge from the index
+    assert calls[-1] == (lab.Lab(), REPO / "inventory/lab", REPO / "results/provisioning.json", False)
     with pytest.raises(SystemExit):
         lab.main(["nonsense"])
 
