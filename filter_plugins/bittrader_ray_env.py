@@ -19,7 +19,7 @@ from typing import Any
 #                        5000): how often each node's agent reads every process's CPU and memory
 #   log_scan_interval_s  LOG_NAME_UPDATE_INTERVAL_S (ray/_private/log_monitor.py, 0.5 s) with
 #                        RAY_LOG_MONITOR_MANY_FILES_THRESHOLD=0: the log monitor looks for new log files
-#                        (globs the logs folder) this often instead of every 0.1 s
+#                        (globs the logs folder) this often instead of every 0.1 s; 0, Ray's own scanning
 #   memory_monitor_interval_ms  RAY_memory_monitor_refresh_ms (ray_config_def.h, 250): how often the
 #                        raylet reads the node's memory use to kill a task before the machine runs out
 VARIABLES = {
@@ -62,7 +62,7 @@ MANAGED = {
 # Ranges of the numeric settings: (least, most).
 RANGES = {
     "bittrader_ray_node_stats_interval_s": (1, 3600),
-    "bittrader_ray_log_scan_interval_s": (1, 60),
+    "bittrader_ray_log_scan_interval_s": (0, 60),
     "bittrader_ray_memory_monitor_interval_ms": (0, 60000),
 }
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -89,8 +89,9 @@ def ray_env(settings: Mapping[str, Any]) -> dict[str, str]:
     if not _flag(settings.get("task_events_enabled")):
         env["RAY_task_events_report_interval_ms"] = "0"
     env["REPORTER_UPDATE_INTERVAL_MS"] = str(int(settings["node_stats_interval_s"]) * 1000)
-    env["LOG_NAME_UPDATE_INTERVAL_S"] = str(int(settings["log_scan_interval_s"]))
-    env["RAY_LOG_MONITOR_MANY_FILES_THRESHOLD"] = "0"
+    if int(settings["log_scan_interval_s"]) > 0:
+        env["LOG_NAME_UPDATE_INTERVAL_S"] = str(int(settings["log_scan_interval_s"]))
+        env["RAY_LOG_MONITOR_MANY_FILES_THRESHOLD"] = "0"
     env["RAY_memory_monitor_refresh_ms"] = str(int(settings["memory_monitor_interval_ms"]))
     for name, value in (settings.get("env_extra") or {}).items():
         env[str(name)] = _env_value(value)

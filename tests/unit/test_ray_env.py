@@ -23,7 +23,7 @@ SETTINGS = {key: DEFAULTS[variable] for key, variable in lean.VARIABLES.items()}
 }
 # Ray's own defaults, for the comparison: what a node does with every setting at Ray's value.
 RAY_DEFAULTS = {"metrics_enabled": True, "task_events_enabled": True, "node_stats_interval_s": 5,
-                "log_scan_interval_s": 1, "memory_monitor_interval_ms": 250, "env_extra": {}}
+                "log_scan_interval_s": 0, "memory_monitor_interval_ms": 250, "env_extra": {}}
 # Linux (systemd) and macOS (launchd) heads and workers, Windows (scheduled task) workers: each runs the
 # node supervisor with node.json.
 NODE_KINDS = [("Linux", "head"), ("Linux", "worker"), ("Darwin", "head"), ("Darwin", "worker"), ("Win32NT", "worker")]
@@ -46,10 +46,9 @@ def test_the_defaults_trim_ray_and_name_every_setting() -> None:
     assert "bittrader_ray_env" in all_filters()
 
 
-def test_turned_on_ray_keeps_its_metrics_and_task_events() -> None:
-    env = lean.ray_env(RAY_DEFAULTS)
-    assert "RAY_enable_metrics_collection" not in env and "RAY_task_events_report_interval_ms" not in env
-    assert env["REPORTER_UPDATE_INTERVAL_MS"] == "5000" and env["RAY_memory_monitor_refresh_ms"] == "250"
+def test_at_rays_own_values_nothing_is_trimmed() -> None:
+    # Every setting at Ray's own value: Ray's defaults, written out (the log monitor's own scanning: unset).
+    assert lean.ray_env(RAY_DEFAULTS) == {"REPORTER_UPDATE_INTERVAL_MS": "5000", "RAY_memory_monitor_refresh_ms": "250"}
     # Values as an inventory may write them: strings, yes/no.
     env = lean.ray_env({**RAY_DEFAULTS, "metrics_enabled": "yes", "task_events_enabled": "false",
                         "node_stats_interval_s": "10"})
@@ -91,7 +90,7 @@ def test_the_roles_own_settings_win_over_the_extra_names() -> None:
         ({"bittrader_ray_node_stats_interval_s": 0}, "_node_stats_interval_s must be a whole number from 1 to"),
         ({"bittrader_ray_node_stats_interval_s": "fast"}, "bittrader_ray_node_stats_interval_s must be"),
         ({"bittrader_ray_node_stats_interval_s": True}, "bittrader_ray_node_stats_interval_s must be"),
-        ({"bittrader_ray_log_scan_interval_s": 61}, "_log_scan_interval_s must be a whole number from 1 to 60"),
+        ({"bittrader_ray_log_scan_interval_s": 61}, "_log_scan_interval_s must be a whole number from 0 to 60"),
         ({"bittrader_ray_log_scan_interval_s": 0.5}, "bittrader_ray_log_scan_interval_s must be"),
         ({"bittrader_ray_memory_monitor_interval_ms": -1}, "bittrader_ray_memory_monitor_interval_ms must be"),
         ({"bittrader_ray_env_extra": ["RAY_event_stats=0"]}, "bittrader_ray_env_extra must be a mapping"),
@@ -120,7 +119,7 @@ def test_good_values_and_the_defaults_pass() -> None:
     assert bittrader_inputs.type_problems({k: v for k, v in DEFAULTS.items() if k.startswith("bittrader_ray_")}) == []
     assert lean.ray_env_problems({
         "bittrader_ray_metrics_enabled": "yes", "bittrader_ray_node_stats_interval_s": "3600",
-        "bittrader_ray_log_scan_interval_s": 1, "bittrader_ray_memory_monitor_interval_ms": 0,
+        "bittrader_ray_log_scan_interval_s": 0, "bittrader_ray_memory_monitor_interval_ms": 0,
         "bittrader_ray_env_extra": {"RAY_event_stats": False, "RAY_x": 1.5, "OTHER": "a"},
     }) == []
     assert lean.ray_env_problems({"bittrader_ray_env_extra": None, "bittrader_ray_node_stats_interval_s": None}) == []
