@@ -18,6 +18,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from bittrader_basics import _version_tuple, _whole  # noqa: E402
+from bittrader_ray_env import ray_env_problems  # noqa: E402
 
 # --- Inputs a careless or hostile inventory can get wrong (issue 18): paths, types, internal facts,
 # connections, supported OS releases, resources, sudo rights. Each returns messages that name the variable
@@ -226,6 +227,7 @@ _BOOL_SETTINGS = (
     "bittrader_throttle_enabled", "bittrader_firewall_enabled", "bittrader_create_user",
     "bittrader_usage_stats_enabled", "bittrader_workload_ship_code", "worker_windows_firewall_enabled",
     "worker_windows_check_tailscale", "ray_node_macos_firewall_allow", "tailscale_install", "tailscale_join",
+    "bittrader_ray_metrics_enabled", "bittrader_ray_task_events_enabled",
 )
 _BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n"}
 
@@ -249,7 +251,8 @@ def _type_name(value: object) -> str:
 
 def type_problems(hostvars: Mapping[str, Any]) -> list[str]:
     """List, dict and boolean settings of the wrong type or with elements of the wrong kind: Jinja iterates a
-    string's characters where a list was meant, and a string "false" is true in a condition."""
+    string's characters where a list was meant, and a string "false" is true in a condition; and the ranges
+    and names of the settings of Ray's background work (bittrader_ray_env.ray_env_problems)."""
     problems: list[str] = []
     for name, element in _LIST_SETTINGS.items():
         if name not in hostvars or hostvars.get(name) is None:
@@ -295,7 +298,7 @@ def type_problems(hostvars: Mapping[str, Any]) -> list[str]:
         if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in _BOOL_WORDS):
             continue
         problems.append(f"{name} must be true or false, got {_type_name(value)} {value!r}")
-    return problems
+    return problems + ray_env_problems(hostvars)
 
 
 def inventory_problems(

@@ -65,3 +65,22 @@ def render_value(value: Any, variables: dict[str, Any]) -> Any:
     render("roles/cluster_facts/vars/main.yml", {})  # initialises the plugin loader once
     loader = DataLoader()
     return Templar(loader=loader, variables=variables).template(_trusted(value))
+
+
+def node_config(system: str, role: str = "worker", **variables: Any) -> dict[str, Any]:
+    """A node's node.json (roles/ray_node/templates/node.json.j2, which worker_windows renders too) for a host
+    of the system (ansible_facts.system) and role, from cluster_facts' defaults and the given variables."""
+    import json
+
+    base = "C:\\ProgramData\\Bittrader" if system == "Win32NT" else "/home/bittrader/.bittrader_worker"
+    values = {
+        **role_defaults("cluster_facts"),
+        "inventory_hostname": "n1", "bittrader_node_role": role, "bittrader_advertise_ip": "10.0.0.11",
+        "bittrader_head_address": "10.0.0.10:6379", "bittrader_token_file": base + "/auth_token",
+        "bittrader_ray_bin": base + "/venv/bin/ray", "bittrader_run_dir": base + "/run",
+        "bittrader_log_dir": base + "/logs", "bittrader_ray_temp_path": base + "/ray",
+        "worker_windows_paths": {"tmp_dir": base + "\\tmp"}, "ansible_facts": {"system": system},
+        **variables,
+    }
+    data: dict[str, Any] = json.loads(render("roles/ray_node/templates/node.json.j2", values))
+    return data

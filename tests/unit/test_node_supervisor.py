@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_render import node_config
 from bittrader_node_agent import supervisor as node
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +23,7 @@ AGENT_ENV = {**os.environ, "PYTHONPATH": str(REPO / "node_agent" / "src")}
 FAKE_RAY = """#!/bin/sh
 # Stand-in for the venv's ray: records its arguments, then behaves as FAKE_MODE says.
 echo "$@" >> "$FAKE_CALLS"
+[ -n "$FAKE_ENV" ] && env > "$FAKE_ENV"
 [ "$1" = stop ] && exit 0
 echo "Ray runtime started."
 echo "a warning" >&2
@@ -110,6 +112,19 @@ def test_run_once_logs_both_streams_and_restarts_after_a_failure(
     out = capsys.readouterr()
     assert "Ray runtime started." in out.out and "a warning" in out.err
     assert "f" * 64 not in out.out + out.err + Path(config["log_file"]).read_text()
+
+
+def test_ray_start_gets_node_jsons_environment(tmp_path: Path) -> None:
+    """The settings of Ray's background work (tests/unit/test_ray_env.py renders them into node.json on every
+    kind of node) reach `ray start`, and with it every process of the node."""
+    config = make_config(tmp_path, "exit3")
+    lean = {k: v for k, v in node_config("Linux")["env"].items() if k not in config["env"]}
+    assert {"RAY_enable_metrics_collection", "REPORTER_UPDATE_INTERVAL_MS", "LOG_NAME_UPDATE_INTERVAL_S"} <= set(lean)
+    config["env"].update(lean, FAKE_ENV=str(tmp_path / "env"))
+    assert node.run_once(config) == 3
+    seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    assert {k: seen.get(k) for k in lean} == lean
+    assert seen[node.NODE_ENV] == node.node_marker(config)
 
 
 def test_a_missing_token_is_a_clear_configuration_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
