@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ALL_HOSTS, HEAD, PORTS, PYTHON, RAY_VERSION, USER, base_dir, ray_temp_dir
+from conftest import ALL_HOSTS, DEFAULTS, HEAD, LAB_VARS, PORTS, PYTHON, RAY_VERSION, USER, base_dir, ray_temp_dir
 
 testinfra_hosts = ALL_HOSTS
 
+# Ray's Prometheus metrics (bittrader_ray_metrics_enabled, off by default: docs/performance.md, "Lean
+# nodes"): with them off, no process records them and the export port stays closed.
+METRICS = bool(LAB_VARS.get("bittrader_ray_metrics_enabled", DEFAULTS["bittrader_ray_metrics_enabled"]))
 NODE_PORTS = [PORTS[k] for k in ("node_manager", "object_manager", "dashboard_agent_grpc", "dashboard_agent_listen",
-                               "metrics_export", "runtime_env_agent")]
+                                 "runtime_env_agent")] + ([PORTS["metrics_export"]] if METRICS else [])
 HEAD_PORTS = [PORTS[k] for k in ("gcs", "dashboard", "client_server")]
 
 
@@ -42,6 +45,8 @@ def test_pinned_ports_listen(host) -> None:  # type: ignore[no-untyped-def]
     listening = host.run("ss -Hltn").stdout
     for port in ports:
         assert f":{port} " in listening, f"port {port} not listening on {name_of(host)}"
+    if not METRICS:
+        assert f":{PORTS['metrics_export']} " not in listening, "metrics are off, yet their export port listens"
 
 
 def test_token_is_private_and_never_logged(host) -> None:  # type: ignore[no-untyped-def]
