@@ -227,7 +227,7 @@ _BOOL_SETTINGS = (
     "bittrader_throttle_enabled", "bittrader_firewall_enabled", "bittrader_create_user",
     "bittrader_usage_stats_enabled", "bittrader_workload_ship_code", "worker_windows_firewall_enabled",
     "worker_windows_check_tailscale", "ray_node_macos_firewall_allow", "tailscale_install", "tailscale_join",
-    "bittrader_ray_metrics_enabled", "bittrader_ray_task_events_enabled",
+    "bittrader_ray_metrics_enabled", "bittrader_ray_task_events_enabled", "bittrader_pip_compile",
 )
 _BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n"}
 

@@ -118,7 +118,9 @@ def laptop() -> Iterator[str]:
     try:
         source = "--no-index --find-links /wheels" if wheels else ""
         started = time.monotonic()
-        res = on_laptop(f"python3 -m venv {VENV} && {VENV}/bin/pip install -q {source} '{RAY_PIN}'", timeout=600)
+        # --no-compile, as the nodes install (bittrader_pip_compile): the laptop compiles what it imports.
+        res = on_laptop(f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --no-compile {source} '{RAY_PIN}'",
+                        timeout=600)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         print(f"\nlaptop venv with {RAY_PIN} ({'wheelhouse' if wheels else 'package index'}): "
               f"{time.monotonic() - started:.1f} s")
