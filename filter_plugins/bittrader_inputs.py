@@ -44,7 +44,7 @@ RESERVED_FACTS = frozenset(
         "ray_node_launchd_started", "ray_node_service_started", "ray_node_throttle_started", "ray_node_upgrade",
         "ray_node_user_account", "ray_node_user_uid",
         # The node's record (ray_node's state.yml): its decision and the module's results.
-        "ray_node_current", "ray_node_state", "ray_node_state_recorded",
+        "ray_node_current", "ray_node_refresh", "ray_node_state", "ray_node_state_recorded",
         "tailscale_ip",
         "worker_windows_account_sid", "worker_windows_base_python", "worker_windows_paths",
         "workload_summary",

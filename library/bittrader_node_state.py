@@ -66,6 +66,23 @@ options:
     type: list
     elements: list
     default: []
+  from_record:
+    description:
+      - With C(recorded), take the lists of I(files), I(folders), I(services) and I(probes) from the record
+        already there (read again as they are now), and record the new I(inputs) with them: for a refresh,
+        which changes none of those lists. Without a record there, the lists given are used.
+    type: bool
+    default: false
+  refreshable:
+    description:
+      - With C(checked), inputs whose change alone does not need the node provisioned again, only the part
+        of it that they feed (the head's token on a worker: the token file and a restart of Ray). When
+        they are all that changed, every other check is still made and C(refresh) names them; the units
+        need then only be enabled, not running (the refresh restarts Ray, whose unit may be restarting
+        meanwhile, as a worker's does once its head has a new token).
+    type: list
+    elements: str
+    default: []
   service_manager:
     description: How I(services) are asked. C(none) checks no unit.
     type: str
@@ -144,6 +161,14 @@ drift:
   type: list
   elements: str
   sample: ["no record yet", "/etc/systemd/system/bittrader-ray.service: content changed", "bittrader-ray: not running"]
+refresh:
+  description:
+    - The I(refreshable) inputs that changed, when nothing else did (the node matches its record otherwise);
+      empty in every other case. C(current) is then false and C(drift) names them.
+  returned: always
+  type: list
+  elements: str
+  sample: ["(head token)"]
 inputs:
   description: The inputs' digests given (C(state_record.yml) records them after a run that provisioned).
   returned: always
@@ -203,22 +228,32 @@ def compare(kind: str, recorded: dict[str, FileState], now: dict[str, FileState]
     return lines
 
 
-def input_changes(recorded: dict[str, Any], now: dict[str, Any], shown: int = 8) -> list[str]:
-    """One line naming the inputs that were added, removed or have another digest (at most shown names)."""
-    names = sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
+def changed_inputs(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The names of the inputs that were added, removed or have another digest, sorted."""
+    return sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
+
+
+def input_changes(recorded: dict[str, Any], now: dict[str, Any], shown: int = 8,
+                  names: list[str] | None = None) -> list[str]:
+    """One line naming the inputs that were added, removed or have another digest (at most shown names);
+    names, when given, are the changed names to report (changed_inputs, or a part of them)."""
+    names = changed_inputs(recorded, now) if names is None else names
     if not names:
         return []
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return [f"inputs changed: {', '.join(names[:shown])}{more}"]
 
 
-def service_problems(manager: str, command: str | None, services: list[str], run: Any) -> list[str]:
-    """Units that are not enabled and running (systemd), or launchd jobs that are not loaded."""
+def service_problems(
+    manager: str, command: str | None, services: list[str], run: Any, active: bool = True
+) -> list[str]:
+    """Units that are not enabled and running (systemd; only enabled when not active), or launchd jobs that
+    are not loaded."""
     if manager == "none" or not services:
         return []
     lines: list[str] = []
     if manager == "systemd":
-        for verb, want in (("is-enabled", "enabled"), ("is-active", "active")):
+        for verb, want in (("is-enabled", "enabled"), ("is-active", "active"))[: 2 if active else 1]:
             rc, out, err = run([command, verb, *services])
             answers = out.split()
             for i, unit in enumerate(services):
@@ -310,6 +345,8 @@ def main() -> None:
             "folders": {"type": "list", "elements": "path", "default": []},
             "services": {"type": "list", "elements": "str", "default": []},
             "probes": {"type": "list", "elements": "list", "default": []},
+            "from_record": {"type": "bool", "default": False},
+            "refreshable": {"type": "list", "elements": "str", "default": []},
             "service_manager": {"type": "str", "choices": ["systemd", "launchd", "none"], "default": "systemd"},
             "service_command": {"type": "path"},
             "user": {"type": "str"},
@@ -332,14 +369,23 @@ def main() -> None:
         return rc, out, err
 
     if p["state"] == "recorded":
-        files: dict[str, FileState] = {f: path_state(f, True, module.sha1) for f in p["files"]}
+        lists = {k: p[k] for k in ("files", "folders", "services", "probes")}
+        earlier = read_record(p["path"]) if p["from_record"] else None
+        if earlier is not None:
+            lists = {
+                "files": list(earlier.get("files") or {}),
+                "folders": list(earlier.get("folders") or {}),
+                "services": [str(s) for s in earlier.get("services") or []],
+                "probes": [probe.get("argv") or [] for probe in earlier.get("probes") or []],
+            }
+        files: dict[str, FileState] = {f: path_state(f, True, module.sha1) for f in lists["files"]}
         record: dict[str, Any] | None = {
             "schema": RECORD_SCHEMA,
             "inputs": p["inputs"],
             "files": files,
-            "folders": {f: path_state(f, False) for f in p["folders"]},
-            "services": p["services"],
-            "probes": [{"argv": [str(a) for a in argv], "sha1": probe_digest(argv, run)} for argv in p["probes"]],
+            "folders": {f: path_state(f, False) for f in lists["folders"]},
+            "services": lists["services"],
+            "probes": [{"argv": [str(a) for a in argv], "sha1": probe_digest(argv, run)} for argv in lists["probes"]],
         }
         text = json.dumps(record, indent=1, sort_keys=True) + "\n"
         try:
@@ -349,17 +395,20 @@ def main() -> None:
             changed = True
         if changed and not module.check_mode:
             write_record(p["path"], text)
-        module.exit_json(changed=changed, current=True, drift=[], files=files, inputs=p["inputs"])
+        module.exit_json(changed=changed, current=True, drift=[], refresh=[], files=files, inputs=p["inputs"])
 
     drift: list[str] = []
     files = {}
+    changed_names: list[str] = []
     record = read_record(p["path"])
     if record is None:
         drift.append("no record yet")
     else:
         files = {f: path_state(f, True, module.sha1) for f in record.get("files") or {}}
         folders = {f: path_state(f, False) for f in record.get("folders") or {}}
-        drift += input_changes(record.get("inputs") or {}, p["inputs"])
+        changed_names = changed_inputs(record.get("inputs") or {}, p["inputs"])
+        others = [n for n in changed_names if n not in p["refreshable"]]
+        drift += input_changes(record.get("inputs") or {}, p["inputs"], names=others)
         drift += compare("file", record.get("files") or {}, files)
         drift += compare("folder", record.get("folders") or {}, folders)
     if not drift:  # the slower reads only when the cheap ones found nothing
@@ -369,12 +418,20 @@ def main() -> None:
         if p["service_manager"] != "none" and services and not command:
             command = module.get_bin_path("systemctl" if p["service_manager"] == "systemd" else "launchctl", True)
         drift += account_problems(p["user"])
-        drift += service_problems(p["service_manager"], command, services, run)
+        # A refresh restarts Ray, whose unit may well be restarting meanwhile (a worker refused by a head
+        # that has a new token): then the units need only be enabled.
+        refreshing = any(n in p["refreshable"] for n in changed_names)
+        drift += service_problems(p["service_manager"], command, services, run, active=not refreshing)
         for probe in record.get("probes") or []:
             if probe_digest(probe.get("argv") or [], run) != probe.get("sha1"):
                 drift.append(f"{' '.join(probe.get('argv') or [])}: output changed")
         drift += venv_problems(p["venv"], run)
-    module.exit_json(changed=False, current=not drift, drift=drift, files=files, inputs=p["inputs"])
+    # The refreshable inputs are drift too, but only alone do they make a refresh instead of a provisioning.
+    refreshed = [n for n in changed_names if n in p["refreshable"]]
+    refresh = [] if drift else refreshed
+    drift += input_changes({}, {}, names=refreshed)
+    module.exit_json(changed=False, current=not drift, drift=drift, refresh=refresh, files=files,
+                     inputs=p["inputs"])
 
 
 if __name__ == "__main__":

@@ -162,6 +162,42 @@ def test_changed_inputs_are_named(node: dict[str, Any], monkeypatch: pytest.Monk
     assert out["drift"][0].endswith("and 7 more")  # 15 names differ, 8 shown
 
 
+def test_a_refreshable_input_alone_asks_for_a_refresh(node: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head's token changed and nothing else: the slower reads are still made, and refresh names it."""
+    record(node, monkeypatch, inputs={**INPUTS, "(head token)": "1111"})
+    rotated = {**INPUTS, "(head token)": "2222"}
+    out = check(node, monkeypatch, inputs=rotated, refreshable=["(head token)"])
+    assert out["current"] is False and out["refresh"] == ["(head token)"]
+    assert out["drift"] == ["inputs changed: (head token)"]
+    # Without refreshable, the same change is an ordinary drift.
+    assert check(node, monkeypatch, inputs=rotated)["refresh"] == []
+    # A unit restarting meanwhile (the worker's Ray, refused by the head's new token) is no reason to
+    # provision; a disabled one (which only the slower reads see) makes it a drift.
+    node["units"].write_text(json.dumps({"bittrader-ray-worker.service": ["enabled", "activating"]}))
+    assert check(node, monkeypatch, inputs=rotated, refreshable=["(head token)"])["refresh"] == ["(head token)"]
+    node["units"].write_text(json.dumps({"bittrader-ray-worker.service": ["disabled", "failed"]}))
+    out = check(node, monkeypatch, inputs=rotated, refreshable=["(head token)"])
+    assert out["refresh"] == []
+    assert out["drift"] == ["bittrader-ray-worker.service: disabled (wants enabled)", "inputs changed: (head token)"]
+    node["units"].write_text(json.dumps({"bittrader-ray-worker.service": ["enabled", "active"]}))
+    out = check(node, monkeypatch, inputs={**rotated, "bittrader_num_cpus": "dddd"}, refreshable=["(head token)"])
+    assert out["refresh"] == []
+    assert out["drift"] == ["inputs changed: bittrader_num_cpus", "inputs changed: (head token)"]
+    # The refresh's record keeps the record's lists (the firewall and units it did not touch), read again.
+    rules = node["tmp"] / "rules.txt"
+    rules.write_text("table inet bittrader { ... }\n")
+    record(node, monkeypatch, inputs={**INPUTS, "(head token)": "1111"}, probes=[["cat", str(rules)]])
+    Path(node["files"][1]).write_text("n3w")
+    refreshed = record(node, monkeypatch, inputs=rotated, files=[], folders=[], services=[], from_record=True)
+    assert refreshed["changed"] is True and set(refreshed["files"]) == set(node["files"])
+    saved = json.loads(Path(node["record"]).read_text())
+    assert saved["services"] == ["bittrader-ray-worker.service"] and saved["probes"][0]["argv"] == ["cat", str(rules)]
+    assert saved["folders"] and saved["inputs"] == rotated
+    assert check(node, monkeypatch, inputs=rotated, refreshable=["(head token)"])["current"] is True
+    # Unchanged, it is no drift at all.
+    assert check(node, monkeypatch, inputs=rotated, refreshable=["(head token)"])["drift"] == []
+
+
 def test_a_stopped_or_disabled_unit_is_drift(node: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     record(node, monkeypatch)
     node["units"].write_text(json.dumps({"bittrader-ray-worker.service": ["disabled", "failed"]}))

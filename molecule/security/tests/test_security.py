@@ -358,6 +358,10 @@ def test_rotating_the_token_restarts_every_node_with_the_new_one(host, tmp_path)
     assert (client_dir / "auth_token").stat().st_mode & 0o777 == 0o600
     for node in WORKERS:
         assert podman("exec", node, "cat", f"{base_dir(node)}/auth_token").stdout.strip() == new
+        # Only the token changed for the workers: each one only replaced it and restarted Ray (its record
+        # checked the rest), instead of running its whole provisioning again.
+        assert f"{node} is refreshed (its other state matches its record): inputs changed: (head token)" in " ".join(
+            res.stdout.split()), res.stdout[-3000:]
     assert new not in res.stdout + res.stderr and old not in res.stdout + res.stderr
     alive = alive_ips(probe_cluster(host, tasks=False))
     assert alive == {IPS[n]: float(CPUS[n]) for n in IPS}
