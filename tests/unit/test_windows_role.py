@@ -691,10 +691,13 @@ def test_pip_installs_the_same_pins_as_the_linux_nodes(hv: dict[str, Any]) -> No
         "--no-index",
         "--find-links",
         r"C:\wheels",
+        "--no-compile",  # bittrader_pip_compile: false, as on the Linux and macOS nodes
         "--timeout",
         "60",
         *pins,
     ]
+    compiled = task_args(install, "ansible.windows.win_command", {**scope, "bittrader_pip_compile": True})["argv"]
+    assert "--no-compile" not in compiled and "--no-compile" in plan_argv
     assert plan_argv[:5] == install_argv[:5]
     assert {"--dry-run", "--report", "-"} <= set(plan_argv)
     assert plan_argv[-len(pins):] == pins
