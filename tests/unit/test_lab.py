@@ -347,3 +347,17 @@ def test_lab_test_runs_every_molecule_scenario_once_default_first_and_uninstall_
         sequence = yaml.safe_load((REPO / "molecule" / name / "molecule.yml").read_text())["scenario"]["test_sequence"]
         assert sequence[0] == "create" and sequence[-1] == "destroy" and "verify" in sequence, (name, sequence)
         assert any((REPO / "molecule" / name / "tests").glob("test_*.py")), name
+
+
+def test_molecule_verifier_options_are_what_molecule_can_quote() -> None:
+    """Molecule turns the verifier's options into pytest's arguments and quotes each one with shlex, which
+    raises on a number: `durations: 10` failed every scenario's verify. Strings and true only."""
+    import shlex
+
+    from molecule import util
+
+    config = yaml.safe_load((lab.REPO / ".config" / "molecule" / "config.yml").read_text())
+    options = config["verifier"]["options"]
+    assert all(isinstance(v, str) or v is True for v in options.values()), options
+    argv = util.dict2args(options)
+    assert "--durations" in shlex.join(["pytest", *argv])
