@@ -24,22 +24,29 @@ HEAD_ONLY_PORTS = frozenset({"gcs", "client_server", "dashboard", "autoscaler_me
 ADMIN_PORTS = frozenset({"dashboard", "client_server", "autoscaler_metrics", "dashboard_metrics"})
 
 
-def port_list(ports: Mapping[str, int], role: str = "worker") -> list[int]:
-    """Every single TCP port a node of the role listens on (the worker range excluded)."""
-    skip = {"min_worker", "max_worker"}
+def port_list(ports: Mapping[str, int], role: str = "worker", metrics: object = True) -> list[int]:
+    """Every single TCP port a node of the role listens on (the worker range excluded). metrics:
+    bittrader_ray_metrics_enabled; off, Ray records no metrics and its export port does not listen."""
+    skip = {"min_worker", "max_worker"} | (set() if _on(metrics) else {"metrics_export"})
     return sorted(
         int(v) for k, v in ports.items() if k not in skip and (role == "head" or k not in HEAD_ONLY_PORTS)
     )
 
 
-def firewall_ports(ports: Mapping[str, Any], role: str = "worker") -> dict[str, list[str]]:
+def _on(value: object) -> bool:
+    """A boolean variable as Ansible reads it (true, or a string such as "yes")."""
+    return value is True or (isinstance(value, str) and value.strip().lower() in {"true", "yes", "on", "1", "y"})
+
+
+def firewall_ports(ports: Mapping[str, Any], role: str = "worker", metrics: object = True) -> dict[str, list[str]]:
     """Ray's TCP ports on a node of the role, split by who may reach them, as nftables/ufw port specs.
 
     "cluster": the ports only the cluster's nodes reach (GCS, raylet, object manager, agents, metrics and
     the worker processes' range); "admin": the ports an administrator reaches too (the head's dashboard and
-    job API, the Ray Client server and the head's Prometheus metrics).
+    job API, the Ray Client server and the head's Prometheus metrics). metrics: as for port_list (no rule
+    for an export port nothing listens on).
     """
-    singles = port_list(ports, role)
+    singles = port_list(ports, role, metrics)
     admin = sorted(int(ports[name]) for name in ADMIN_PORTS if role == "head" and name in ports)
     cluster = [str(p) for p in singles if p not in admin]
     cluster.append(f"{int(ports['min_worker'])}-{int(ports['max_worker'])}")

@@ -83,6 +83,12 @@ def test_port_list_by_role() -> None:
     assert 6379 not in worker and 6379 in head and 8265 in head
     assert set(head) - set(worker) == {6379, 8265, 10001, 44217, 44227}
     assert 10002 not in head
+    # Metrics off (bittrader_ray_metrics_enabled, the default): no export port listens, and none is opened.
+    assert 8080 in worker
+    assert bittrader_network.port_list(DEFAULT_PORTS, "worker", False) == sorted(set(worker) - {8080})
+    assert bittrader_network.port_list(DEFAULT_PORTS, "head", "no") == sorted(set(head) - {8080})
+    assert "8080" not in bittrader_network.firewall_ports(DEFAULT_PORTS, "worker", False)["cluster"]
+    assert "8080" in bittrader_network.firewall_ports(DEFAULT_PORTS, "worker", True)["cluster"]
 
 
 def test_text_table_aligns_and_blanks_none() -> None:

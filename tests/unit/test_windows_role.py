@@ -524,7 +524,10 @@ def test_firewall_opens_exactly_the_worker_ports_to_the_cluster(hv: dict[str, An
     items = template_data(task["loop"], hv)
     rules = [task_args(task, "community.windows.win_firewall_rule", hv, item) for item in items]
     ports = hv["bittrader_ports"]
-    singles = sorted(v for k, v in ports.items() if k not in HEAD_ONLY | {"min_worker", "max_worker"})
+    # Ray's metrics are off by default (bittrader_ray_metrics_enabled): their export port does not listen.
+    assert hv["bittrader_ray_metrics_enabled"] is False
+    closed = HEAD_ONLY | {"min_worker", "max_worker", "metrics_export"}
+    singles = sorted(v for k, v in ports.items() if k not in closed)
     opened: list[str] = []
     for rule in rules:
         assert rule["name"].startswith("Bittrader Ray ")
@@ -540,6 +543,10 @@ def test_firewall_opens_exactly_the_worker_ports_to_the_cluster(hv: dict[str, An
     for head_port in (ports[k] for k in HEAD_ONLY):
         assert str(head_port) not in opened
     assert len({r["name"] for r in rules}) == len(rules)
+    metrics = {**hv, "bittrader_ray_metrics_enabled": True}
+    with_metrics = [task_args(task, "community.windows.win_firewall_rule", metrics, item)
+                    for item in template_data(task["loop"], metrics)]
+    assert str(ports["metrics_export"]) in ",".join(r["localport"] for r in with_metrics)
 
 
 def test_uninstall_removes_the_same_rules_and_tasks(hv: dict[str, Any]) -> None:
