@@ -54,6 +54,13 @@ def text_table(rows: Iterable[Mapping[str, Any]], columns: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def is_on(value: object) -> bool:
+    """A boolean variable as Ansible reads it: true, 1, or a string such as "yes" or "on"."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "yes", "on", "1", "y"}
+    return value is True or (not isinstance(value, bool) and value == 1)
+
+
 def _blank(value: object) -> bool:
     return value is None or str(value).strip() == ""
 

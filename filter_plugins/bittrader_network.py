@@ -16,7 +16,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from bittrader_basics import is_ip  # noqa: E402
+from bittrader_basics import is_ip, is_on  # noqa: E402
 
 # bittrader_ports keys that only the head listens on, and those an administrator reaches too (the
 # dashboard and job API, Ray Client, and the head's two Prometheus metrics endpoints).
@@ -27,15 +27,10 @@ ADMIN_PORTS = frozenset({"dashboard", "client_server", "autoscaler_metrics", "da
 def port_list(ports: Mapping[str, int], role: str = "worker", metrics: object = True) -> list[int]:
     """Every single TCP port a node of the role listens on (the worker range excluded). metrics:
     bittrader_ray_metrics_enabled; off, Ray records no metrics and its export port does not listen."""
-    skip = {"min_worker", "max_worker"} | (set() if _on(metrics) else {"metrics_export"})
+    skip = {"min_worker", "max_worker"} | (set() if is_on(metrics) else {"metrics_export"})
     return sorted(
         int(v) for k, v in ports.items() if k not in skip and (role == "head" or k not in HEAD_ONLY_PORTS)
     )
-
-
-def _on(value: object) -> bool:
-    """A boolean variable as Ansible reads it (true, or a string such as "yes")."""
-    return value is True or (isinstance(value, str) and value.strip().lower() in {"true", "yes", "on", "1", "y"})
 
 
 def firewall_ports(ports: Mapping[str, Any], role: str = "worker", metrics: object = True) -> dict[str, list[str]]:

@@ -7,8 +7,17 @@ any host changes (bittrader_inputs.type_problems). Unit-tested in tests/unit/tes
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+
+# Ansible loads each filter file on its own: the shared rules are imported from this folder.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from bittrader_basics import is_on  # noqa: E402
 
 # Each setting: (variable, the environment variable(s) it sets, as read by Ray 2.60).
 #   metrics_enabled      RAY_enable_metrics_collection (ray_config_def.h): off, no process records or exports
@@ -66,13 +75,6 @@ RANGES = {
     "bittrader_ray_memory_monitor_interval_ms": (0, 60000),
 }
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TRUE = {"true", "yes", "on", "1", "y"}
-
-
-def _flag(value: object) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE) or value == 1
-
-
 def _env_value(value: object) -> str:
     """An environment value as Ray parses it: booleans as 1 and 0 (Ray's C++ settings read "1"/"true")."""
     if isinstance(value, bool):
@@ -84,9 +86,9 @@ def ray_env(settings: Mapping[str, Any]) -> dict[str, str]:
     """`ray start`'s environment for the settings (keys of VARIABLES, plus env_extra): each setting's
     variables, then bittrader_ray_env_extra's names."""
     env: dict[str, str] = {}
-    if not _flag(settings.get("metrics_enabled")):
+    if not is_on(settings.get("metrics_enabled")):
         env["RAY_enable_metrics_collection"] = "0"
-    if not _flag(settings.get("task_events_enabled")):
+    if not is_on(settings.get("task_events_enabled")):
         env["RAY_task_events_report_interval_ms"] = "0"
     env["REPORTER_UPDATE_INTERVAL_MS"] = str(int(settings["node_stats_interval_s"]) * 1000)
     if int(settings["log_scan_interval_s"]) > 0:

@@ -89,6 +89,17 @@ def test_port_list_by_role() -> None:
     assert bittrader_network.port_list(DEFAULT_PORTS, "head", "no") == sorted(set(head) - {8080})
     assert "8080" not in bittrader_network.firewall_ports(DEFAULT_PORTS, "worker", False)["cluster"]
     assert "8080" in bittrader_network.firewall_ports(DEFAULT_PORTS, "worker", True)["cluster"]
+    # The same reading of the variable as the one that sets Ray's environment (bittrader_ray_env):
+    # whatever turns the metrics on there opens their port here.
+    for on in (True, 1, "yes", " On "):
+        assert bittrader_network.port_list(DEFAULT_PORTS, "worker", on) == worker
+    for off in (False, 0, "no", "", None):
+        assert bittrader_network.port_list(DEFAULT_PORTS, "worker", off) == sorted(set(worker) - {8080})
+
+
+def test_is_on_reads_booleans_as_ansible_does() -> None:
+    assert [bittrader_basics.is_on(v) for v in (True, 1, "true", "Yes", "on", "1", "y")] == [True] * 7
+    assert [bittrader_basics.is_on(v) for v in (False, 0, 2, "false", "no", "off", "", None, [1])] == [False] * 9
 
 
 def test_text_table_aligns_and_blanks_none() -> None:
