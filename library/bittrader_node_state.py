@@ -233,11 +233,8 @@ def changed_inputs(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
 
 
-def input_changes(recorded: dict[str, Any], now: dict[str, Any], shown: int = 8,
-                  names: list[str] | None = None) -> list[str]:
-    """One line naming the inputs that were added, removed or have another digest (at most shown names);
-    names, when given, are the changed names to report (changed_inputs, or a part of them)."""
-    names = changed_inputs(recorded, now) if names is None else names
+def input_changes(names: list[str], shown: int = 8) -> list[str]:
+    """One line naming changed inputs (changed_inputs, or a part of them; at most shown names)."""
     if not names:
         return []
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
@@ -399,16 +396,16 @@ def main() -> None:
 
     drift: list[str] = []
     files = {}
-    changed_names: list[str] = []
+    refreshed: list[str] = []
     record = read_record(p["path"])
     if record is None:
         drift.append("no record yet")
     else:
         files = {f: path_state(f, True, module.sha1) for f in record.get("files") or {}}
         folders = {f: path_state(f, False) for f in record.get("folders") or {}}
-        changed_names = changed_inputs(record.get("inputs") or {}, p["inputs"])
-        others = [n for n in changed_names if n not in p["refreshable"]]
-        drift += input_changes(record.get("inputs") or {}, p["inputs"], names=others)
+        names = changed_inputs(record.get("inputs") or {}, p["inputs"])
+        refreshed = [n for n in names if n in p["refreshable"]]
+        drift += input_changes([n for n in names if n not in p["refreshable"]])
         drift += compare("file", record.get("files") or {}, files)
         drift += compare("folder", record.get("folders") or {}, folders)
     if not drift:  # the slower reads only when the cheap ones found nothing
@@ -420,16 +417,14 @@ def main() -> None:
         drift += account_problems(p["user"])
         # A refresh restarts Ray, whose unit may well be restarting meanwhile (a worker refused by a head
         # that has a new token): then the units need only be enabled.
-        refreshing = any(n in p["refreshable"] for n in changed_names)
-        drift += service_problems(p["service_manager"], command, services, run, active=not refreshing)
+        drift += service_problems(p["service_manager"], command, services, run, active=not refreshed)
         for probe in record.get("probes") or []:
             if probe_digest(probe.get("argv") or [], run) != probe.get("sha1"):
                 drift.append(f"{' '.join(probe.get('argv') or [])}: output changed")
         drift += venv_problems(p["venv"], run)
     # The refreshable inputs are drift too, but only alone do they make a refresh instead of a provisioning.
-    refreshed = [n for n in changed_names if n in p["refreshable"]]
     refresh = [] if drift else refreshed
-    drift += input_changes({}, {}, names=refreshed)
+    drift += input_changes(refreshed)
     module.exit_json(changed=False, current=not drift, drift=drift, refresh=refresh, files=files,
                      inputs=p["inputs"])
 
