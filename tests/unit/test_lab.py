@@ -46,25 +46,10 @@ def inventory_hosts() -> dict[str, dict[str, object]]:
     return found
 
 
-def molecule_config(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """What every Molecule scenario shares (platforms, provisioner, verifier), interpolated as Molecule
-    does with the project's path and env (none: the first cluster's defaults)."""
-    from molecule.interpolation import Interpolator, TemplateWithDefaults
-
-    mapping = {"MOLECULE_PROJECT_DIRECTORY": str(REPO), **(env or {})}
-    text = Interpolator(TemplateWithDefaults, mapping).interpolate((REPO / ".config/molecule/config.yml").read_text())
+def molecule_config() -> dict[str, Any]:
+    """What every Molecule scenario shares (platforms, provisioner, verifier), with the project's path."""
+    text = (REPO / ".config/molecule/config.yml").read_text().replace("${MOLECULE_PROJECT_DIRECTORY}", str(REPO))
     return dict(yaml.safe_load(text))
-
-
-def lab_script_value(name: str) -> str:
-    """A NAME="..." line of ./lab."""
-    (line,) = [x for x in (REPO / "lab").read_text(encoding="utf-8").splitlines() if x.startswith(f"{name}=")]
-    return line.split("=", 1)[1].strip('"')
-
-
-def second_cluster_env() -> dict[str, str]:
-    """The variables ./lab test sets for Molecule's second cluster."""
-    return dict(word.split("=", 1) for word in lab_script_value("MOLECULE_CLUSTER_2").split())
 
 
 def create_argv(monkeypatch: pytest.MonkeyPatch, playbook: str = "create.yml") -> list[str]:
@@ -92,38 +77,15 @@ def test_lab_gives_ray_no_more_cpus_than_a_two_core_machine() -> None:
     assert sum(int(h["bittrader_num_cpus"]) for h in inventory_hosts().values()) <= 2  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize("cluster", ["first", "second"])
-def test_lab_and_molecule_addresses_lie_in_the_lab_cidr(cluster: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each of Molecule's clusters: its platforms in the lab's CIDR, and each host's address in its
-    host_vars (rendered as Ansible would, with the cluster's variables) the platform's address."""
-    env = second_cluster_env() if cluster == "second" else {}
-    for name in ("BITTRADER_TEST_PREFIX", "BITTRADER_TEST_NETWORK", "BITTRADER_TEST_NET"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+def test_lab_and_molecule_addresses_lie_in_the_lab_cidr() -> None:
     group_vars = yaml.safe_load((REPO / "inventory/lab/group_vars/all.yml").read_text())
     cidr = ipaddress.ip_network(group_vars["bittrader_cluster_cidr"])
-    for platform in molecule_config(env)["platforms"]:
+    for platform in molecule_config()["platforms"]:
         assert ipaddress.ip_address(platform["ip"]) in cidr
         host_vars = yaml.safe_load((REPO / "molecule/shared/host_vars" / f"{platform['name']}.yml").read_text())
-        assert render_value(host_vars["bittrader_node_ip"], {}) == platform["ip"]
+        assert host_vars["bittrader_node_ip"] == platform["ip"]
     for host in lab.Lab().hosts:
         assert ipaddress.ip_address(host.ip) in cidr
-
-
-def test_molecules_two_clusters_share_no_name_network_or_address() -> None:
-    """./lab test runs them at once: a shared container, network or address would mix their tests."""
-    first, second = molecule_config()["platforms"], molecule_config(second_cluster_env())["platforms"]
-    assert [p["name"] for p in first] == ["mol-head", "mol-worker1", "mol-worker2"]
-    assert [p["name"] for p in second] == ["molb-head", "molb-worker1", "molb-worker2"]
-    for key in ("name", "ip", "network"):
-        assert not {p[key] for p in first} & {p[key] for p in second}, key
-    subnets = {ipaddress.ip_network(f"{p['ip']}/24", strict=False) for p in first + second}
-    assert len(subnets) == 2
-    # The tests read the same variables (molecule/conftest.py) to find their cluster.
-    conftest = (REPO / "molecule/conftest.py").read_text(encoding="utf-8")
-    assert 'os.environ.get("BITTRADER_TEST_PREFIX", "mol")' in conftest
-    assert 'os.environ.get("BITTRADER_TEST_NET", "10.89.77")' in conftest
 
 
 def test_lab_inventory_reaches_the_nodes_over_ssh_as_the_images_login() -> None:
@@ -372,17 +334,14 @@ def test_optimize_verb_runs_the_optimize_playbook_with_the_extra_arguments(monke
 
 
 def test_lab_test_runs_every_molecule_scenario_once_default_first_and_uninstall_last() -> None:
-    """The order is the test command's (molecule test -s A -s B runs them as named), not file names;
-    the two clusters' lists together name every scenario once."""
+    """The order is the test command's (molecule test -s A -s B runs them as named), not file names."""
     script = (REPO / "lab").read_text(encoding="utf-8")
-    named = lab_script_value("MOLECULE_SCENARIOS").split()
-    second = lab_script_value("MOLECULE_SCENARIOS_2").split()
+    (line,) = [x for x in script.splitlines() if x.startswith("MOLECULE_SCENARIOS=")]
+    named = line.split("=", 1)[1].strip('"').split()
     scenarios = sorted(p.parent.name for p in (REPO / "molecule").glob("*/molecule.yml"))
-    assert sorted(named + second) == scenarios and len(set(named + second)) == len(named + second)
+    assert sorted(named) == scenarios and len(set(named)) == len(named)
     assert named[0] == "default" and named[-1] == "uninstall"
     assert "molecule test $(printf -- '-s %s ' $MOLECULE_SCENARIOS)" in script
-    assert "molecule test $(printf -- '-s %s ' $MOLECULE_SCENARIOS_2)" in script
-    assert "export $MOLECULE_CLUSTER_2 MOLECULE_EPHEMERAL_DIRECTORY=" in script
     assert molecule_config()["shared_state"] is True
     for name in scenarios:  # each runnable alone: default's create and destroy run around it
         sequence = yaml.safe_load((REPO / "molecule" / name / "molecule.yml").read_text())["scenario"]["test_sequence"]
@@ -402,3 +361,16 @@ def test_molecule_verifier_options_are_what_molecule_can_quote() -> None:
     assert all(isinstance(v, str) or v is True for v in options.values()), options
     argv = util.dict2args(options)
     assert "--durations" in shlex.join(["pytest", *argv])
+
+
+def test_the_side_chain_starts_before_the_image_and_its_bad_input_stage_waits_for_it() -> None:
+    """On a fresh machine the image's debootstrap waits on the network: the side chain's CPU-bound
+    stages use that time; only the bad-input stage needs the image (its containers)."""
+    script = (REPO / "lab").read_text(encoding="utf-8")
+    run_tests = script[script.index("run_tests() {"):]
+    assert run_tests.index("./lab _side-tests") < run_tests.index('stage "test image"')
+    assert run_tests.index('stage "test image"') < run_tests.index('touch "$LAB_WORK/image.ok"')
+    assert run_tests.index('touch "$LAB_WORK/image.ok"') < run_tests.index("stage molecule molecule_tests")
+    side = script[script.index("side_tests() {"):script.index("run_tests() {")]
+    assert side.index('"$LAB_WORK/image.ok"') < side.index('stage "bad input"')
+    assert "export LAB_WORK" in run_tests
