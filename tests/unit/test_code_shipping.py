@@ -639,7 +639,7 @@ def test_every_os_runs_the_code_tasks_before_the_service_starts() -> None:
         started = yaml.safe_load((REPO / f"roles/{role}/tasks/{own}").read_text())
         assert any(t.get("ansible.builtin.include_role", {}).get("tasks_from") == "service.yml" for t in started)
     assert (
-        yaml.safe_load((REPO / "roles/cluster_facts/tasks/paths.yml").read_text())[-1]["ansible.builtin.include_tasks"]
+        yaml.safe_load((REPO / "roles/cluster_facts/tasks/paths.yml").read_text())[-1]["ansible.builtin.import_tasks"]
         == "code_paths.yml"
     )
 
