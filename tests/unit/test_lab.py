@@ -374,3 +374,33 @@ def test_the_side_chain_starts_before_the_image_and_its_bad_input_stage_waits_fo
     side = script[script.index("side_tests() {"):script.index("run_tests() {")]
     assert side.index('"$LAB_WORK/image.ok"') < side.index('stage "bad input"')
     assert "export LAB_WORK" in run_tests
+
+
+def lab_functions(*names: str) -> str:
+    """The bash source of ./lab's functions NAMES (each from `NAME() {` to its closing `}`)."""
+    script = (REPO / "lab").read_text(encoding="utf-8")
+    parts = []
+    for name in names:
+        start = script.index(f"\n{name}() {{\n") + 1
+        parts.append(script[start:script.index("\n}\n", start) + 3])
+    return "".join(parts)
+
+
+def test_a_stage_records_its_seconds_status_and_the_cpu_its_own_processes_used(tmp_path: Path) -> None:
+    """The summary's CPU columns (where CI's minutes go): a stage that burns about 1 s of CPU in a child
+    process and then fails is recorded with that CPU as its own, and the machine's at least as much."""
+    times = tmp_path / "times"
+    burn = "import time; end = time.process_time() + 1.0\nwhile time.process_time() < end: pass"
+    script = (lab_functions("cpu_now", "cpu_busy", "containers_cpu_ms", "times_s", "stage")
+              + f'LAB_TIMES={times}\nstage "burn" python3 -c "{burn}" || exit_code=$?\n'
+              + 'stage "quick" true\necho "exit ${exit_code:-0}"\n')
+    burn_fail = script.replace(f'python3 -c "{burn}"', f'sh -c \'python3 -c "{burn}"; exit 3\'')
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", burn_fail], capture_output=True, text=True, check=True)
+    assert "== burn: " in done.stdout and "FAILED (exit 3)" in done.stdout and done.stdout.endswith("exit 3\n")
+    rows = [line.split("\t") for line in times.read_text().splitlines()]
+    assert [r[0] for r in rows] == ["burn", "quick"] and [r[2] for r in rows] == ["3", "0"]
+    seconds, own, machine, containers = (rows[0][i] for i in (1, 4, 5, 6))
+    assert int(own) >= 1 and int(machine) >= int(own) - 1 and int(containers) >= 0 and int(seconds) >= 0
+    assert rows[1][4] == "0"
+    parse = lab_functions("times_s") + "printf '0m1.50s 0m0.25s\\n1m2.00s 0m3.00s\\n' | times_s"
+    assert subprocess.run(["bash", "-c", parse], capture_output=True, text=True, check=True).stdout == "66\n"
