@@ -180,7 +180,7 @@ def test_the_playbooks_check_the_cluster_through_the_entry_point_only() -> None:
     for path in [*(REPO / "playbooks").glob("*.yml"), *(REPO / "roles").glob("*/tasks/*.yml"), REPO / "site.yml"]:
         for task in _dicts(yaml.safe_load(path.read_text())):
             assert "ray_cluster_check" not in task or path.name == "cluster_check.yml", path
-            include = task.get("ansible.builtin.include_role")
+            include = task.get("ansible.builtin.include_role", task.get("ansible.builtin.import_role"))
             if isinstance(include, dict) and include.get("tasks_from") == "cluster_check.yml":
                 callers.append(path.name)
                 assert set(task.get("vars", {})) <= set(spec["options"]), (path, task["name"])

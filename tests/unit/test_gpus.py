@@ -167,7 +167,7 @@ def test_verify_renders_the_expected_gpus_and_the_table() -> None:
     """verify.yml's expectations (rendered by Ansible's templating) carry each host's resolved GPUs, and
     its table shows them."""
     task = next(t for t in verify_tasks()
-                if t.get("ansible.builtin.include_role", {}).get("tasks_from") == "cluster_check.yml")
+                if t.get("ansible.builtin.import_role", {}).get("tasks_from") == "cluster_check.yml")
     hostvars = {
         "head": {"bittrader_advertise_ip": "10.0.0.10", "bittrader_expected_cpus": 0, "bittrader_expected_gpus": 0},
         "rig": {"bittrader_advertise_ip": "10.0.0.11", "bittrader_expected_cpus": 16, "bittrader_expected_gpus": 2},
