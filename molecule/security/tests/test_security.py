@@ -250,14 +250,31 @@ def test_job_submission_needs_the_token(host, token: str | None) -> None:  # typ
     assert "SHOULD-NOT-RUN" not in res.stdout
 
 
+# The head's answer to a request without the cluster's token (Ray's gRPC server interceptor).
+REFUSED = "Invalid or missing authentication token"
+# Ray Client retries a refused connection three times, sleeping 5, 10 and 15 s by default: 1 s each is
+# enough to see the head's answer, which its worker logs at debug level (shown by the handler below).
+CLIENT_REFUSAL = (
+    "import logging, ray\n"
+    "log = logging.getLogger('ray.util.client.worker'); log.setLevel(logging.DEBUG)\n"
+    "log.addHandler(logging.StreamHandler())\n"
+    "ray.init('ray://{address}'); print('CONNECTED')\n"
+)
+FAST_CLIENT = {"RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1", "RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S": "1"}
+
+
 @pytest.mark.parametrize("token", [None, "0" * 64], ids=["missing", "wrong"])
 def test_ray_client_needs_the_token(host, token: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Refused by the head for its token (its own answer, not a timeout), without or with a wrong one."""
     py = f"{base_dir(HEAD)}/venv/bin/python"
-    code = f"import ray; ray.init('ray://{HEAD_IP}:{PORTS['client_server']}'); print('CONNECTED')"
-    env = ray_env(token) if token else {}
+    code = CLIENT_REFUSAL.format(address=f"{HEAD_IP}:{PORTS['client_server']}")
+    env = {**(ray_env(token) if token else {}), **FAST_CLIENT}
+    started = time.monotonic()
     res = host.run(as_user(["timeout", "90", py, "-c", code], env))
+    print(f"\nRay Client refused in {time.monotonic() - started:.1f} s")
     assert res.rc != 0
     assert "CONNECTED" not in res.stdout
+    assert REFUSED in res.stdout + res.stderr, (res.stdout + res.stderr)[-2000:]
 
 
 def test_a_node_with_a_wrong_token_cannot_join(host) -> None:  # type: ignore[no-untyped-def]
@@ -266,8 +283,11 @@ def test_a_node_with_a_wrong_token_cannot_join(host) -> None:  # type: ignore[no
     before = len(alive_ips(probe_cluster(host, tasks=False)))
     ray = f"{base_dir(node)}/venv/bin/ray"
     tmp = "/tmp/ray-wrong-token"
+    # The refused node gives up after RAY_NUM_REDIS_GET_RETRIES reads of the cluster's session (20 by
+    # default, about 30 s); 3 are enough to see the head refuse the token.
     cmd = ["runuser", "-u", USER, "--", "env", "RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN={'0' * 64}",
-           "timeout", "90", ray, "start", f"--address={GCS_ADDRESS}", "--num-cpus=1", f"--temp-dir={tmp}",
+           "RAY_NUM_REDIS_GET_RETRIES=3", "timeout", "90", ray, "start", f"--address={GCS_ADDRESS}", "--num-cpus=1",
+           f"--temp-dir={tmp}",
            "--node-manager-port=18076", "--object-manager-port=18077", "--min-worker-port=18100",
            "--max-worker-port=18199", "--dashboard-agent-grpc-port=18078", "--dashboard-agent-listen-port=18079",
            "--runtime-env-agent-port=18080", "--metrics-export-port=18081"]
@@ -279,6 +299,7 @@ def test_a_node_with_a_wrong_token_cannot_join(host) -> None:  # type: ignore[no
         after = alive_ips(probe_cluster(host, tasks=False))
         assert len(after) == before, after
         assert res.returncode != 0
+        assert "InvalidAuthToken" in out, out[-2000:]
     finally:
         podman("exec", node, "pkill", "-9", "-f", tmp, check=False)
 
