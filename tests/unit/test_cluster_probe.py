@@ -74,8 +74,26 @@ FAKE_RAY = {
     ''',
     "ray/_private/__init__.py": "",
     "ray/_private/state.py": '''
+        import ray
         def total_resources_per_node():
             return {"w": {"CPU": 2.0}}
+        class GlobalState:
+            """What read_gcs uses: the node table and live totals without ray.init()."""
+            def _initialize_global_state(self, options):
+                ray.CALLS.append(("gcs", options))
+            def node_table(self):
+                return ray.NODES
+            def total_resources_per_node(self):
+                return {"w": {"CPU": 2.0}}
+            def disconnect(self):
+                ray.CALLS.append(("gcs-disconnect",))
+    ''',
+    "ray/_raylet.py": '''
+        class GcsClientOptions:
+            @staticmethod
+            def create(address, cluster_id, allow_cluster_id_nil, fetch_cluster_id_if_nil):
+                assert cluster_id is None and allow_cluster_id_nil and not fetch_cluster_id_if_nil
+                return "options for " + address
     ''',
 }
 
@@ -115,6 +133,20 @@ def test_without_tasks_no_task_runs(fake_ray: Path) -> None:
     res = run_probe(fake_ray, json.dumps({"address": "10.0.0.10:6379", "tasks": False}))
     assert res.returncode == 0, res.stderr
     assert [n["task"] for n in parse_probe_output(res.stdout)["nodes"]] == [None, None, None]
+
+
+def test_without_tasks_the_nodes_are_read_from_the_gcs_without_a_driver(fake_ray: Path) -> None:
+    """No ray.init() (a driver joining the cluster costs the head seconds of CPU): the same rows, live
+    totals included, from the GCS's node table, and the connection closed."""
+    code = ("import json, ray; from bittrader_node_agent import cluster_probe as p; "
+            "out = p.probe('10.0.0.10:6379', tasks=False); print(json.dumps([out, ray.CALLS]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake_ray), str(SRC)])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out, calls = json.loads(res.stdout)
+    assert calls == [["gcs", "options for 10.0.0.10:6379"], ["gcs-disconnect"]]
+    head, worker, dead = out["nodes"]
+    assert (head["is_head"], worker["cpus"], worker["gpus"], dead["alive"]) == (True, 2.0, 1.0, False)
+    assert dead["death_reason"] == "heartbeat timeout" and out["driver_ray"] == "2.60.0"
 
 
 def test_the_probe_needs_its_one_argument(fake_ray: Path) -> None:

@@ -8,7 +8,8 @@ node's Ray virtual environment, which has this package:
 
 It prints one line, MARKER followed by JSON: {"nodes": [...], "driver_ray", "driver_python"}, each node with
 its resources (the scheduler's live totals, which the throttle resizes) and, with tasks, what a zero-CPU
-task pinned to it saw (versions, host, user, GPUs, the strategy code: code_info). The modules parse it
+task pinned to it saw (versions, host, user, GPUs, the strategy code: code_info). Without tasks no driver
+joins the cluster: the nodes are read from the GCS alone (read_gcs), a fraction of the head's CPU. The modules parse it
 with module_utils/bittrader_cluster.py's parse_probe_output.
 
 Standard library and Ray only. Run with -m, this module is __main__, so Ray pickles the task function
@@ -215,11 +216,41 @@ def node_rows(nodes: list[Mapping[str, Any]], live_totals: Mapping[str, Mapping[
     return out
 
 
+def read_gcs(address: str) -> tuple[list[Mapping[str, Any]], Mapping[str, Mapping[str, float]]]:
+    """Every node (as ray.nodes() gives them) and the scheduler's live totals, read from the GCS alone.
+
+    What ray.nodes() and the state API read, without ray.init(): no driver joins the cluster (a core
+    worker on the head, a job in the GCS, a worker process), which costs the head seconds of CPU each
+    time. Ray's own services.wait_for_node reads the node table the same way. The token comes from the
+    environment (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH) as for a driver."""
+    from ray._private import state
+    from ray._raylet import GcsClientOptions  # type: ignore[attr-defined]
+
+    gcs = state.GlobalState()
+    gcs._initialize_global_state(  # Ray's own way to read the GCS without a driver
+        GcsClientOptions.create(address, None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False)
+    )
+    try:
+        nodes = list(gcs.node_table())
+        try:
+            live: Mapping[str, Mapping[str, float]] = gcs.total_resources_per_node()
+        except Exception:  # noqa: BLE001 - a Ray without that view: the registered resources stand
+            live = {}
+    finally:
+        gcs.disconnect()
+    return nodes, live
+
+
 def probe(address: str, tasks: bool = True, task_timeout: float = 60.0) -> dict[str, Any]:
-    """Connect to the cluster at address, read every node and (with tasks) run task_report on each alive one."""
+    """Read every node of the cluster at address and, with tasks, run task_report on each alive one (as a
+    driver); without tasks the nodes are read from the GCS alone (read_gcs)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    if not tasks:
+        table, live = read_gcs(address)
+        return {"nodes": node_rows(table, live, {}), "driver_ray": ray.__version__,
+                "driver_python": platform.python_version()}
     ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
     try:
         nodes = ray.nodes()
@@ -232,19 +263,18 @@ def probe(address: str, tasks: bool = True, task_timeout: float = 60.0) -> dict[
         except Exception:  # noqa: BLE001 - a Ray without that view: the registered resources stand
             live_totals = {}
         seen: dict[str, Any] = {}
-        if tasks:
-            where = ray.remote(num_cpus=0, max_retries=0)(task_report)
-            refs = {}
-            for node in nodes:
-                if node.get("Alive"):
-                    strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-                    refs[str(node["NodeID"])] = where.options(scheduling_strategy=strategy).remote()
-            deadline = time.time() + float(task_timeout)
-            for node_id, ref in refs.items():
-                try:
-                    seen[node_id] = ray.get(ref, timeout=max(1.0, deadline - time.time()))
-                except Exception as exc:  # noqa: BLE001 - any failure of the task is the node's answer
-                    seen[node_id] = {"error": type(exc).__name__ + ": " + str(exc)[:300]}
+        where = ray.remote(num_cpus=0, max_retries=0)(task_report)
+        refs = {}
+        for node in nodes:
+            if node.get("Alive"):
+                strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+                refs[str(node["NodeID"])] = where.options(scheduling_strategy=strategy).remote()
+        deadline = time.time() + float(task_timeout)
+        for node_id, ref in refs.items():
+            try:
+                seen[node_id] = ray.get(ref, timeout=max(1.0, deadline - time.time()))
+            except Exception as exc:  # noqa: BLE001 - any failure of the task is the node's answer
+                seen[node_id] = {"error": type(exc).__name__ + ": " + str(exc)[:300]}
         rows = node_rows(nodes, live_totals, seen)
     finally:
         ray.shutdown()
